@@ -1,0 +1,65 @@
+# -*- coding: utf-8 -*-
+"""Config keys that d2_nucleus adds to Detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+
+def add_nucleus_config(cfg):
+    """
+    Add config keys for d2_nucleus. Safe to call on a config that already has them.
+    """
+    if hasattr(cfg, "NUCLEUS"):
+        return
+    cfg.NUCLEUS = CN()
+    # Root of the prepared dataset (tools/prepare_data.py output: annotations/, nucleus_data/).
+    # Empty: use $D2_NUCLEUS_DATA, then "datasets/nucleus".
+    cfg.NUCLEUS.DATA_ROOT = ""
+    # Binarisation threshold of the mask head's probabilities.
+    cfg.NUCLEUS.MASK_THRESHOLD = 0.5
+
+    # ---------------------------------------------------------------------------------------------
+    # Training augmentation for H&E tiles (applied after Detectron2's resize/crop/flip)
+    # ---------------------------------------------------------------------------------------------
+    # Random 0/90/180/270 degree rotations (tissue has no orientation).
+    cfg.INPUT.ROT90 = True
+    # Vertical flip in addition to INPUT.RANDOM_FLIP (horizontal).
+    cfg.INPUT.VFLIP = True
+    cfg.INPUT.STAIN_JITTER = CN()
+    cfg.INPUT.STAIN_JITTER.ENABLED = True
+    # Per-channel scale/shift of the haematoxylin/eosin/DAB optical densities (Tellez et al. 2018).
+    cfg.INPUT.STAIN_JITTER.SIGMA_SCALE = 0.05
+    cfg.INPUT.STAIN_JITTER.SIGMA_SHIFT = 0.05
+    # Random brightness / contrast factors in [1 - x, 1 + x].
+    cfg.INPUT.STAIN_JITTER.BRIGHTNESS = 0.1
+    cfg.INPUT.STAIN_JITTER.CONTRAST = 0.1
+
+    # ---------------------------------------------------------------------------------------------
+    # Mask Scoring R-CNN (Huang et al. 2019): MaskIoU head
+    # ---------------------------------------------------------------------------------------------
+    cfg.MODEL.MASKIOU_ON = False
+    cfg.MODEL.ROI_MASKIOU_HEAD = CN()
+    cfg.MODEL.ROI_MASKIOU_HEAD.NAME = "MaskIoUHead"
+    cfg.MODEL.ROI_MASKIOU_HEAD.CONV_DIM = 256
+    cfg.MODEL.ROI_MASKIOU_HEAD.NUM_CONV = 4
+    cfg.MODEL.ROI_MASKIOU_HEAD.FC_DIM = 1024
+    cfg.MODEL.ROI_MASKIOU_HEAD.NORM = ""
+    cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT = 1.0
+
+    # ---------------------------------------------------------------------------------------------
+    # Evaluation
+    # ---------------------------------------------------------------------------------------------
+    # The challenge metric: segm AP@0.5 counting the top-N scoring detections per image.
+    cfg.TEST.CHALLENGE_MAX_DETS = 100
+    # AJI / PQ / Dice from instance label maps built of detections scoring at least this.
+    cfg.TEST.LABEL_MAP_SCORE_THRESH = 0.5
+    cfg.TEST.NUCLEUS_METRICS = True
+    # Keep model_best.pth by this metric ("task/metric" of the evaluation results; "" = off).
+    cfg.TEST.BEST_METRIC = "segm/AP50"
+    cfg.TEST.BEST_METRIC_MODE = "max"
+
+    # ---------------------------------------------------------------------------------------------
+    # Speed on CPU
+    # ---------------------------------------------------------------------------------------------
+    # bfloat16 autocast for the forward pass on CPU (AVX-512 BF16 / AMX CPUs).
+    cfg.SOLVER.CPU_BF16 = False
+    # Channels-last memory format for the model and images.
+    cfg.MODEL.CHANNELS_LAST = False

@@ -1,0 +1,26 @@
+import os
+
+import pytest
+
+from d2_nucleus.data.synthetic import generate_dataset
+
+RAW_DATA_ENV = "D2_NUCLEUS_RAW_DATA"
+
+
+@pytest.fixture(scope="session")
+def synthetic_raw(tmp_path_factory):
+    """A small synthetic raw dataset: 4 train images (256x256, 60-90 nuclei), 2 test images."""
+    out = str(tmp_path_factory.mktemp("synthetic") / "raw")
+    generate_dataset(out, num_train=4, num_test=2, image_size=256, nuclei_per_image=(60, 90), seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def real_raw():
+    """The real raw dataset from $D2_NUCLEUS_RAW_DATA; tests using it skip when unset."""
+    path = os.environ.get(RAW_DATA_ENV)
+    if not path:
+        pytest.skip(f"${RAW_DATA_ENV} is not set")
+    if not os.path.isdir(path):
+        pytest.fail(f"${RAW_DATA_ENV}={path} is not a folder")
+    return path
