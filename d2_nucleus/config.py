@@ -63,3 +63,30 @@ def add_nucleus_config(cfg):
     cfg.SOLVER.CPU_BF16 = False
     # Channels-last memory format for the model and images.
     cfg.MODEL.CHANNELS_LAST = False
+
+
+def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
+    """
+    The config every d2_nucleus entry point uses: Detectron2 defaults + PointRend keys + ours,
+    then ``config_file``, then ``opts`` (KEY VALUE list). Falls back to the CPU with a warning
+    when the config asks for CUDA and none is available.
+    """
+    import logging
+
+    import torch
+    from detectron2.config import get_cfg
+    from detectron2.projects.point_rend import add_pointrend_config
+
+    cfg = get_cfg()
+    add_pointrend_config(cfg)
+    add_nucleus_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    if data_root:
+        cfg.NUCLEUS.DATA_ROOT = data_root
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg

@@ -1,0 +1,108 @@
+# -*- coding: utf-8 -*-
+"""The d2_nucleus trainer: DefaultTrainer with the nucleus mapper, evaluator and checkpointing."""
+import logging
+import os
+import weakref
+from contextlib import nullcontext
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, hooks
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+from ..compat import NucleusCheckpointer, TrainerStateMixin
+from ..data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
+from ..evaluation import NucleusEvaluator
+from ..modeling import NucleusRCNNWithTTA
+
+__all__ = ["NucleusTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
+    """
+    DefaultTrainer for nuclei:
+
+    * registers ``nucleus_{train,val,all_train,test}`` from the data root
+      (``cfg.NUCLEUS.DATA_ROOT``, else ``$D2_NUCLEUS_DATA``, else ``datasets/nucleus``);
+    * trains with :class:`NucleusDatasetMapper` (crops, flips, rotations, stain jitter);
+    * evaluates with :class:`NucleusEvaluator` (dense COCO AP, the challenge AP50@100, AJI, PQ);
+    * keeps ``model_best.pth`` by ``cfg.TEST.BEST_METRIC``;
+    * saves and restores the optimizer state on resume (see :mod:`d2_nucleus.compat`);
+    * optionally runs the forward pass under bfloat16 autocast on CPU (``cfg.SOLVER.CPU_BF16``).
+    """
+
+    def __init__(self, cfg):
+        register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a plain DetectionCheckpointer just before calling this.
+        self.checkpointer = NucleusCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        ret = super().build_hooks()
+        cfg = self.cfg
+        if cfg.TEST.BEST_METRIC and cfg.TEST.EVAL_PERIOD > 0 and comm.is_main_process():
+            best = hooks.BestCheckpointer(
+                cfg.TEST.EVAL_PERIOD, self.checkpointer, cfg.TEST.BEST_METRIC, cfg.TEST.BEST_METRIC_MODE
+            )
+            at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
+            ret.insert(at, best)
+        return ret
+
+    def run_step(self):
+        with _autocast(self.cfg):
+            super().run_step()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=NucleusDatasetMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=NucleusDatasetMapper(cfg, is_train=False))
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return NucleusEvaluator.from_config(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        with _autocast(cfg), torch.no_grad():
+            return super().test(cfg, model, evaluators)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        logger.info("Running inference with test-time augmentation ...")
+        model = NucleusRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        res = cls.test(cfg, model, evaluators)
+        return {k + "_TTA": v for k, v in res.items()}
+
+    @classmethod
+    def eval_only(cls, cfg, resume=False):
+        """Build the model, load ``cfg.MODEL.WEIGHTS`` (or the last checkpoint), evaluate."""
+        register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        model = cls.build_model(cfg)
+        NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        res = cls.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            res.update(cls.test_with_TTA(cfg, model))
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+
+
+def _autocast(cfg):
+    """bfloat16 autocast for CPU forward passes when cfg.SOLVER.CPU_BF16 is set."""
+    if cfg.SOLVER.CPU_BF16 and cfg.MODEL.DEVICE == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()

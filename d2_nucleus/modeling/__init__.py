@@ -1,0 +1,4 @@
+# -*- coding: utf-8 -*-
+from .meta_arch import NucleusRCNN
+from .postprocessing import RLEList, nucleus_postprocess, paste_masks_to_rles
+from .test_time_augmentation import NucleusDatasetMapperTTA, NucleusRCNNWithTTA

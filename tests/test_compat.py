@@ -1,0 +1,144 @@
+"""The runtime compatibility layer (d2_nucleus.compat) and the Detectron2 install."""
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+import torch
+from detectron2.engine import DefaultTrainer
+
+from d2_nucleus.compat import NucleusCheckpointer, TrainerStateMixin, WeightsNotFoundError, _defines_trainer_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_detectron2_imports_without_d2_nucleus():
+    """A fresh interpreter uses the installed Detectron2 without importing d2_nucleus first."""
+    code = (
+        "import sys, detectron2.layers, detectron2.evaluation\n"
+        "from detectron2.engine import DefaultTrainer, DefaultPredictor\n"
+        "from detectron2.evaluation.fast_eval_api import COCOeval_opt\n"
+        "from detectron2.model_zoo import get_config_file\n"
+        "from detectron2.projects.point_rend import add_pointrend_config\n"
+        "assert get_config_file('COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x.yaml')\n"
+        "assert 'd2_nucleus' not in sys.modules\n"
+        "print(COCOeval_opt.__module__)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert r.returncode == 0, r.stderr
+    try:
+        import detectron2._C  # noqa: F401
+    except ImportError:  # our install: faster-coco-eval stands in for the C++ COCOeval
+        assert "faster_coco_eval" in r.stdout
+
+
+def test_installer_is_idempotent():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "install_detectron2.py")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "leaving it alone" in r.stdout or "is present" in r.stdout
+
+
+def test_missing_extension_ops_fail_clearly():
+    try:
+        import detectron2._C  # noqa: F401
+        pytest.skip("compiled Detectron2: rotated ops are available")
+    except ImportError:
+        pass
+    from detectron2.layers.rotated_boxes import pairwise_iou_rotated
+
+    with pytest.raises(RuntimeError, match="without its C\\+\\+/CUDA extension"):
+        pairwise_iou_rotated(torch.zeros(1, 5), torch.zeros(1, 5))
+
+
+def test_checkpoint_weights_only(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    good = tmp_path / "good.pth"
+    torch.save({"model": model.state_dict(), "iteration": 5}, good)
+    target = torch.nn.Linear(3, 2)
+    NucleusCheckpointer(target).load(str(good))
+    assert torch.equal(target.weight, model.weight)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "bad.pth"
+    torch.save({"model": model.state_dict(), "x": Evil()}, bad)
+    with pytest.raises(RuntimeError, match="weights_only"):
+        NucleusCheckpointer(torch.nn.Linear(3, 2)).load(str(bad))
+
+
+def test_missing_weights_name_file_and_offline_alternative(tmp_path):
+    missing = str(tmp_path / "nope.pth")
+    with pytest.raises(WeightsNotFoundError) as e:
+        NucleusCheckpointer(torch.nn.Linear(3, 2)).load(missing)
+    assert missing in str(e.value) and "configs/scratch" in str(e.value)
+
+
+class _Recorder:
+    def __init__(self):
+        self.loaded = []
+
+    def state_dict(self):
+        return {"optimizer": {"state": 1}}
+
+    def load_state_dict(self, sd):
+        self.loaded.append(sd)
+
+
+def _bare(cls):
+    t = object.__new__(cls)
+    t._hooks, t.iter, t._trainer = [], 0, _Recorder()
+    return t
+
+
+def test_trainer_state_added_for_v06():
+    class T(TrainerStateMixin, DefaultTrainer):
+        pass
+
+    t = _bare(T)
+    sd = t.state_dict()
+    assert sd["_trainer"] == {"optimizer": {"state": 1}}
+    t.load_state_dict({"iteration": 7, "_trainer": {"optimizer": {"state": 2}}})
+    assert t.iter == 7 and t._trainer.loaded == [{"optimizer": {"state": 2}}]
+
+
+def test_trainer_state_noop_for_complete_detectron2():
+    """Against a Detectron2 whose DefaultTrainer saves "_trainer" itself, the mixin does nothing."""
+
+    class CompleteDefaultTrainer(DefaultTrainer):  # what newer Detectron2 releases do
+        def state_dict(self):
+            ret = super().state_dict()
+            ret["_trainer"] = self._trainer.state_dict()
+            return ret
+
+        def load_state_dict(self, state_dict):
+            super().load_state_dict(state_dict)
+            self._trainer.load_state_dict(state_dict["_trainer"])
+
+    class T(TrainerStateMixin, CompleteDefaultTrainer):
+        pass
+
+    assert _defines_trainer_state(T, "load_state_dict")
+    t = _bare(T)
+    with mock.patch.object(_Recorder, "state_dict", wraps=t._trainer.state_dict) as sd:
+        assert t.state_dict()["_trainer"] == {"optimizer": {"state": 1}}
+        assert sd.call_count == 1  # not saved twice
+    t.load_state_dict({"iteration": 3, "_trainer": {"optimizer": {"state": 9}}})
+    assert t._trainer.loaded == [{"optimizer": {"state": 9}}]  # restored once, by Detectron2
+
+
+def test_installer_leaves_a_compiled_detectron2_alone(tmp_path):
+    """A Detectron2 whose compiled _C imports (a source build) is never replaced."""
+    pkg = tmp_path / "detectron2"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("__version__ = '0.6+cu'\n")
+    (pkg / "_C.py").write_text("")  # stands in for the compiled extension
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "install_detectron2.py")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "leaving it alone" in r.stdout
+    assert "pip" not in r.stdout  # nothing downloaded or installed
