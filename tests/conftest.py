@@ -24,3 +24,13 @@ def real_raw():
     if not os.path.isdir(path):
         pytest.fail(f"${RAW_DATA_ENV}={path} is not a folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_prepared(synthetic_raw, tmp_path_factory):
+    """The synthetic raw dataset in the prepared layout (3 train / 1 val images, 2 test)."""
+    from d2_nucleus.data import prepare_dataset
+
+    out = str(tmp_path_factory.mktemp("synthetic") / "prepared")
+    prepare_dataset(synthetic_raw, out, ratio=0.25, seed=0, workers=1, progress=False)
+    return out

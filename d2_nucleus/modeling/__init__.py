@@ -2,3 +2,4 @@
 from .meta_arch import NucleusRCNN
 from .postprocessing import RLEList, nucleus_postprocess, paste_masks_to_rles
 from .test_time_augmentation import NucleusDatasetMapperTTA, NucleusRCNNWithTTA
+from .mask_scoring import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, MaskScoringROIHeads, build_maskiou_head

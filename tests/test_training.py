@@ -1,0 +1,158 @@
+"""Configs, trainer, --eval-only, resume, and a real-learning check (all on CPU, tiny sizes)."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from d2_nucleus.compat import NucleusCheckpointer
+from d2_nucleus.config import get_nucleus_cfg
+from d2_nucleus.engine import NucleusTrainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    os.path.relpath(p, ROOT)
+    for p in glob.glob(os.path.join(ROOT, "configs", "**", "*.yaml"), recursive=True)
+    if not os.path.basename(p).startswith("Base-")
+)
+
+# Shrinks any of our configs to a few-second CPU run; the architecture (heads, cascade, PointRend,
+# MaskIoU, GN or not, groups) stays as configured.
+TINY = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.WEIGHTS", "",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "32",
+    "MODEL.RESNETS.RES2_OUT_CHANNELS", "64",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "300",
+    "MODEL.RPN.POST_NMS_TOPK_TEST", "300",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "64",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "MODEL.ROI_MASK_HEAD.CONV_DIM", "32",
+    "MODEL.ROI_MASK_HEAD.FC_DIM", "64",
+    "MODEL.POINT_HEAD.FC_DIM", "32",
+    "MODEL.ROI_MASKIOU_HEAD.CONV_DIM", "32",
+    "MODEL.ROI_MASKIOU_HEAD.FC_DIM", "64",
+    "INPUT.CROP.SIZE", "[128, 128]",
+    "INPUT.MIN_SIZE_TRAIN", "(128,)",
+    "SOLVER.IMS_PER_BATCH", "1",
+    "SOLVER.WARMUP_ITERS", "1",
+    "SOLVER.CHECKPOINT_PERIOD", "1000",
+    "TEST.DETECTIONS_PER_IMAGE", "200",
+    "TEST.EVAL_PERIOD", "0",
+    "DATALOADER.NUM_WORKERS", "0",
+]
+
+
+def tiny_cfg(config, data_root, output_dir, *opts):
+    cfg = get_nucleus_cfg(os.path.join(ROOT, config), TINY, data_root=data_root)
+    groups = cfg.MODEL.RESNETS.NUM_GROUPS
+    # bottleneck channels stay multiples of 32 (GroupNorm's 32 groups)
+    cfg.MODEL.RESNETS.WIDTH_PER_GROUP = 1 if groups > 1 else 32
+    if cfg.MODEL.RESNETS.DEPTH in (18, 34):
+        cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
+    cfg.merge_from_list(["OUTPUT_DIR", str(output_dir)] + list(opts))
+    return cfg
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_config_builds_trains_and_evaluates(config, synthetic_prepared, tmp_path):
+    cfg = tiny_cfg(config, synthetic_prepared, tmp_path, "SOLVER.MAX_ITER", "1", "TEST.DETECTIONS_PER_IMAGE", "100")
+    assert cfg.TEST.CHALLENGE_MAX_DETS == 100
+    if cfg.MODEL.MASKIOU_ON:
+        assert cfg.MODEL.ROI_HEADS.NAME == "MaskScoringROIHeads"
+    trainer = NucleusTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()  # one step, then the final evaluation on nucleus_val
+    losses = trainer.storage.latest()
+    assert torch.isfinite(torch.tensor(losses["total_loss"][0]))
+    assert "loss_mask" in losses
+    if cfg.MODEL.MASKIOU_ON:
+        assert "loss_maskiou" in losses
+    assert os.path.isfile(tmp_path / "model_final.pth")
+    res = trainer._last_eval_results
+    assert {"bbox", "segm", "nucleus"} <= set(res)
+    assert "AP50@100" in res["segm"]
+
+
+def _train(cfg, hooks=()):
+    trainer = NucleusTrainer(cfg)
+    trainer.register_hooks(list(hooks))
+    trainer.resume_or_load(resume=True)
+    return trainer
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_restores_iteration_optimizer_and_scheduler(synthetic_prepared, tmp_path):
+    from detectron2.engine import HookBase
+
+    cfg = tiny_cfg("configs/demo/mask_rcnn_R_18_FPN_demo.yaml", synthetic_prepared, tmp_path,
+                   "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "3", "SOLVER.STEPS", "(4,)",
+                   "DATASETS.TEST", "()")
+
+    class Crash(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 4:
+                raise _Interrupt()
+
+    t1 = _train(cfg, [Crash()])
+    with pytest.raises(_Interrupt):
+        t1.train()
+    ckpt = torch.load(tmp_path / "model_0000002.pth", weights_only=True)
+    assert ckpt["iteration"] == 2
+    saved_opt = ckpt["trainer"]["_trainer"]["optimizer"]
+    assert saved_opt["state"], "optimizer momentum is in the checkpoint"
+
+    t2 = _train(cfg)  # resume from last_checkpoint (model_0000002.pth)
+    assert t2.start_iter == 3
+    state = t2.optimizer.state_dict()
+    for k, v in saved_opt["state"].items():
+        assert torch.equal(state["state"][k]["momentum_buffer"], v["momentum_buffer"])
+    assert t2.scheduler.last_epoch == 3
+    lrs = [g["lr"] for g in t2.optimizer.param_groups]
+    assert lrs == pytest.approx([cfg.SOLVER.BASE_LR] * len(lrs))  # iteration 3: past warm-up, before the step
+    t2.train()
+    assert t2.iter == 6 and os.path.isfile(tmp_path / "model_final.pth")
+
+
+@pytest.fixture(scope="module")
+def trained_demo(synthetic_prepared, tmp_path_factory):
+    """The demo model trained briefly on the synthetic training images."""
+    out = tmp_path_factory.mktemp("demo_train")
+    cfg = tiny_cfg("configs/demo/mask_rcnn_R_18_FPN_demo.yaml", synthetic_prepared, out,
+                   "SOLVER.MAX_ITER", "3", "DATASETS.TEST", "()")
+    trainer = NucleusTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return cfg, str(out / "model_final.pth")
+
+
+def test_eval_only_cli_prints_and_saves_metrics(trained_demo, synthetic_prepared, tmp_path):
+    cfg, weights = trained_demo
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+           "--config-file", os.path.join(ROOT, "configs/demo/mask_rcnn_R_18_FPN_demo.yaml"),
+           "--data-root", synthetic_prepared, "--eval-only"] + TINY + [
+           "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(tmp_path), "MODEL.RESNETS.WIDTH_PER_GROUP", "32",
+           "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = r.stdout + r.stderr
+    for key in ("AP50@100", "AJI", "PQ"):
+        assert key in log
+    saved = glob.glob(str(tmp_path / "inference" / "nucleus_val" / "*.json"))
+    assert saved, "metrics and predictions are saved"
+
+
+def test_missing_weights_stop_with_a_clear_message(synthetic_prepared, tmp_path):
+    cfg = tiny_cfg("configs/mask_rcnn_R_50_FPN_3x.yaml", synthetic_prepared, tmp_path,
+                   "MODEL.WEIGHTS", str(tmp_path / "missing.pkl"))
+    trainer = NucleusTrainer(cfg)
+    with pytest.raises(FileNotFoundError, match="missing.pkl.*configs/scratch"):
+        trainer.resume_or_load(resume=False)
