@@ -1,0 +1,2 @@
+# -*- coding: utf-8 -*-
+"""Small helpers shared across d2_nucleus."""
