@@ -64,6 +64,19 @@ def add_nucleus_config(cfg):
     # Channels-last memory format for the model and images.
     cfg.MODEL.CHANNELS_LAST = False
 
+    # ---------------------------------------------------------------------------------------------
+    # Inference: test-time augmentation (tools/predict.py --tta; modeling/test_time_augmentation.py)
+    # and the mask head's memory (modeling/meta_arch.py)
+    # ---------------------------------------------------------------------------------------------
+    # Short-edge scales relative to each image's native size (1.0 = native). When non-empty they
+    # replace Detectron2's absolute TEST.AUG.MIN_SIZES. Default: native only (nuclei are small).
+    cfg.TEST.AUG.SCALES = (1.0,)
+    # Vertical flips too (TEST.AUG.FLIP is Detectron2's horizontal flip; both: 4 passes a scale).
+    cfg.TEST.AUG.VFLIP = True
+    # NucleusRCNN runs the mask head on at most this many detections at a time at inference
+    # (~2.5 MB of activations a detection with the default head on CPU; 0 = all at once).
+    cfg.TEST.MASK_HEAD_CHUNK_SIZE = 256
+
 
 def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     """

@@ -325,6 +325,8 @@ class MaskScoringROIHeads(StandardROIHeads):
         return super().label_and_sample_proposals(proposals, targets)
 
     def _forward_mask(self, features: Dict[str, torch.Tensor], instances: List[Instances]):
+        if not self.mask_on:  # boxes-only passes (TTA, chunked inference): no masks, no rescoring
+            return {} if self.training else instances
         if not self.maskiou_on:
             return super()._forward_mask(features, instances)
         if self.training:

@@ -11,7 +11,7 @@ is pixel-for-pixel the one of ``detector_postprocess`` + ``paste_masks_in_image(
 ``pycocotools.mask.encode`` (Detectron2's CPU paste: same grid_sample sampling, restricted to the
 box's integer extent grown by one pixel).
 """
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util

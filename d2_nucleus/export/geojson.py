@@ -1,0 +1,105 @@
+# -*- coding: utf-8 -*-
+"""
+Detections as GeoJSON that QuPath imports (File > Import objects, or drag and drop):
+a FeatureCollection with one Polygon Feature per detection, in pixel coordinates of the image
+(x right, y down, pixel (x, y) covering [x, x + 1) x [y, y + 1)).
+"""
+import json
+import uuid
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from ..utils.label_map import rle_counts
+from .atomic import atomic_write
+
+__all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]
+
+# QuPath's default colour of the "Nucleus" class (packed RGB, as QuPath writes it).
+_NUCLEUS_COLOR = [160, 90, 160]
+
+
+def rle_to_box_mask(rle: Dict) -> Optional[Tuple[np.ndarray, int, int]]:
+    """
+    Decode a COCO RLE into its bounding-box crop only (O(mask area), not O(H * W)).
+
+    Returns:
+        (mask, x0, y0): a uint8 {0, 1} mask of the box whose top-left pixel is (x0, y0);
+        None for an empty mask.
+    """
+    height = int(rle["size"][0])
+    counts = rle_counts(rle)
+    starts = np.cumsum(counts)[0::2][: len(counts) // 2]  # foreground runs start here
+    lengths = counts[1::2]
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    total = int(lengths.sum())
+    if total == 0:
+        return None
+    offsets = np.cumsum(lengths) - lengths
+    p = np.repeat(starts - offsets, lengths) + np.arange(total)  # column-major pixel indices
+    xs, ys = p // height, p % height
+    x0, y0 = int(xs.min()), int(ys.min())
+    mask = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), np.uint8)
+    mask[ys - y0, xs - x0] = 1
+    return mask, x0, y0
+
+
+def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[float]]:
+    """
+    Outer boundary of the largest connected part of a binary mask as a closed ring
+    ``[[x, y], ..., [x_first, y_first]]`` through the centres of its boundary pixels
+    (``x + 0.5``, ``y + 0.5``), offset by (x0, y0). Parts of one or two pixels' width, whose
+    boundary encloses no area, get the outline of their pixels' bounding square instead.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        raise ValueError("empty mask has no polygon")
+    contour = max(contours, key=lambda c: (cv2.contourArea(c), len(c)))[:, 0, :]
+    if len(contour) >= 3 and cv2.contourArea(contour) > 0:
+        ring = (contour + [x0 + 0.5, y0 + 0.5]).tolist()
+    else:  # a single pixel or a one-pixel line: outline the pixels themselves
+        xa, ya = contour.min(axis=0) + [x0, y0]
+        xb, yb = contour.max(axis=0) + [x0 + 1, y0 + 1]
+        ring = [[xa, ya], [xb, ya], [xb, yb], [xa, yb]]
+    ring = [[float(x), float(y)] for x, y in ring]
+    return ring + [ring[0]]
+
+
+def rles_to_geojson(
+    rles: Sequence[Dict], scores: Optional[Sequence[float]] = None, class_name: str = "Nucleus"
+) -> Dict:
+    """
+    A GeoJSON FeatureCollection with one QuPath detection per non-empty mask: Polygon geometry
+    (closed ring, pixel coordinates), ``properties`` = {"objectType": "detection",
+    "classification": {"name": class_name, ...}, "measurements": {"Detection score": s}}.
+    Empty masks are skipped.
+    """
+    features = []
+    for i, rle in enumerate(rles):
+        crop = rle_to_box_mask(rle)
+        if crop is None:
+            continue
+        properties = {
+            "objectType": "detection",
+            "classification": {"name": class_name, "color": _NUCLEUS_COLOR},
+            "isLocked": False,
+        }
+        if scores is not None:
+            properties["measurements"] = {"Detection score": float(scores[i])}
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": {"type": "Polygon", "coordinates": [mask_to_polygon(*crop)]},
+                "properties": properties,
+            }
+        )
+    return {"type": "FeatureCollection", "features": features}
+
+
+def write_geojson(collection: Dict, path: str, overwrite: bool = False) -> None:
+    """Write a FeatureCollection atomically."""
+    with atomic_write(path, overwrite=overwrite) as f:
+        f.write(json.dumps(collection, separators=(",", ":")).encode("utf-8"))

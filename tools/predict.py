@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""
+Predict nuclei and write the challenge submission (answer.json / answer.zip), and optionally
+overlays, QuPath GeoJSON and instance label maps.
+
+    python tools/predict.py --config-file configs/Base-Nucleus-RCNN-FPN.yaml \\
+        --weights output/model_final.pth --input datasets/raw/test_img_ids.json --zip
+    python tools/predict.py --config-file ... --weights ... --input slides/ --vis-dir vis \\
+        --geojson-dir qupath --labels-dir labels MODEL.ROI_HEADS.NMS_THRESH_TEST 0.4
+"""
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from d2_nucleus.config import get_nucleus_cfg
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
+    p.add_argument("--weights", default=None, help="checkpoint (.pth) to load (default: MODEL.WEIGHTS of the config)")
+    p.add_argument("--input", required=True,
+                   help="a folder of images, one image, or a test_img_ids.json (images in test/ next to it)")
+    p.add_argument("--ids", default=None, metavar="JSON",
+                   help="test_img_ids.json giving the image ids of the images in the --input folder")
+    p.add_argument("--output", default="answer.json", help="COCO results file (default: answer.json)")
+    p.add_argument("--zip", action="store_true", help="also write <output>.zip with answer.json at its top level")
+    p.add_argument("--score-thresh", type=float, default=None,
+                   help="keep detections scoring at least this (default: MODEL.ROI_HEADS.SCORE_THRESH_TEST)")
+    p.add_argument("--max-dets", type=int, default=None,
+                   help="at most this many detections per image (default: TEST.DETECTIONS_PER_IMAGE)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: flips (and scales) of TEST.AUG, masks averaged")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (with --tta: augmented copies)")
+    p.add_argument("--vis-dir", default=None, help="write <image>.png overlays (contours and count) here")
+    p.add_argument("--geojson-dir", default=None, help="write <image>.geojson for QuPath here")
+    p.add_argument("--labels-dir", default=None, help="write instance label maps (0 = background, 1..N) here")
+    p.add_argument("--label-format", choices=("png", "tiff"), default="png",
+                   help="label maps as 16-bit PNG (TIFF 32-bit beyond 65535 nuclei) or TIFF (default: png)")
+    p.add_argument("--export-score-thresh", type=float, default=None,
+                   help="score threshold of the overlays, GeoJSON and label maps "
+                   "(default: TEST.LABEL_MAP_SCORE_THRESH); answer.json keeps all detections")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                   help="config overrides as KEY VALUE pairs, e.g. MODEL.ROI_HEADS.NMS_THRESH_TEST 0.4")
+    return p
+
+
+def setup_cfg(args):
+    cfg = get_nucleus_cfg(args.config_file, args.opts)
+    if args.weights is not None:
+        cfg.MODEL.WEIGHTS = args.weights
+    if args.device is not None:
+        cfg.MODEL.DEVICE = args.device
+    elif not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    if args.score_thresh is not None:
+        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
+    if args.max_dets is not None:
+        cfg.TEST.DETECTIONS_PER_IMAGE = args.max_dets
+    cfg.freeze()
+    return cfg
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Import after argument parsing: --help stays fast.
+    from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
+
+    try:
+        if not os.path.isfile(args.config_file):
+            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
+        if len(args.opts) % 2:
+            raise ValueError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
+        cfg = setup_cfg(args)
+        items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
+        zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None
+        # Before loading the model: fail fast on outputs that exist or cannot be written.
+        check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
+                      args.label_format, args.overwrite)
+        predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
+        export_thresh = args.export_score_thresh
+        if export_thresh is None:
+            export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
+        summary = run_prediction(
+            predictor,
+            items,
+            output=args.output,
+            zip_output=zip_path,
+            vis_dir=args.vis_dir,
+            geojson_dir=args.geojson_dir,
+            labels_dir=args.labels_dir,
+            label_format=args.label_format,
+            export_score_thresh=export_thresh,
+            skip_bad=args.skip_bad,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        print(f"predict: error: {e}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
