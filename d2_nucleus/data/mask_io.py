@@ -5,13 +5,14 @@ Reading one-nucleus mask PNGs into a :class:`BinaryMask` (the mask cropped to it
 A nucleus covers ~0.01-0.1% of its 1000x1000 mask, and libpng spends ~3 ms a file undoing the
 PNG row filters of a megapixel that is almost all zeros. Masks stored as 8-bit grayscale,
 non-interlaced, with the row filters "None" or "Sub" (what the real dataset uses, and what many
-writers choose for such images) take a fast path instead: the zlib stream is inflated once, the rows
-that hold foreground are found on the still-filtered bytes (for these filters a filtered row is all
-zero exactly when the pixel row is), and only those rows are unfiltered. Every other PNG (colour,
+writers choose for such images) take a fast path instead: the zlib stream is inflated piece by
+piece, the rows that hold foreground are found on the still-filtered bytes (for these filters a
+filtered row is all zero exactly when the pixel row is), and only those rows are kept and unfiltered. Every other PNG (colour,
 16-bit, palette, interlaced, other filters), and any file the fast path cannot parse, is read by
 OpenCV (``cv2.IMREAD_UNCHANGED``), which is also the authority on corrupt files. Both paths give
 identical pixels (tests compare them on every mask of the real dataset).
 """
+import functools
 import struct
 import zlib
 from dataclasses import dataclass
@@ -26,6 +27,12 @@ __all__ = ["BinaryMask", "read_mask", "decode_mask", "read_image_size"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_FAST_PIXELS = 1 << 28
+_CHUNK_BYTES = 1 << 18
+
+try:  # zlib-ng (optional) inflates the long zero runs of these masks ~2.5x faster than zlib
+    from zlib_ng import zlib_ng as _zlib
+except ImportError:  # pragma: no cover - depends on the environment
+    _zlib = zlib
 
 
 @dataclass
@@ -87,6 +94,12 @@ def _from_values(band: np.ndarray, row_offset: int, height: int, width: int) -> 
     return BinaryMask(height, width, int(row_offset + r0), int(c0), np.ascontiguousarray(crop), num_values)
 
 
+@functools.lru_cache(maxsize=8)
+def _empty_rows(n: int, stride: int, filter_type: int) -> bytes:
+    """The filtered bytes of ``n`` all-zero rows that use one filter type."""
+    return (bytes([filter_type]) + bytes(stride - 1)) * n
+
+
 def _decode_fast(data: bytes) -> Optional[BinaryMask]:
     """The fast path; None when the file is not in the supported subset or does not parse."""
     if not data.startswith(_PNG_SIGNATURE):
@@ -125,34 +138,66 @@ def _decode_fast(data: bytes) -> Optional[BinaryMask]:
     if width == 0 or height == 0 or height * (width + 1) > _MAX_FAST_PIXELS:
         return None
     stride = width + 1
+    # Inflate in pieces of whole rows (~256 KiB) and keep only the rows that hold foreground: ~2x
+    # faster with zlib than one megapixel buffer, whose fresh pages cost more than the inflating.
+    step = max(1, _CHUNK_BYTES // stride) * stride
+    inflater = _zlib.decompressobj()
+    tail, pending, row, kept = b"".join(idat), b"", 0, []
     try:
-        raw = zlib.decompress(b"".join(idat), bufsize=height * stride)
-    except zlib.error:
+        while True:
+            out = inflater.decompress(tail, step)
+            tail = inflater.unconsumed_tail
+            chunk = pending + out if pending else out
+            n = len(chunk) // stride
+            if n and len(chunk) == n * stride and chunk[0] <= 1 and chunk == _empty_rows(n, stride, chunk[0]):
+                row += n  # all rows empty (one memcmp); the common case
+            elif n:
+                if row + n > height:
+                    return None
+                rows = np.frombuffer(chunk, np.uint8, n * stride).reshape(n, stride)
+                if rows[:, 0].max() > 1:
+                    return None  # Up / Average / Paeth rows: leave them to libpng
+                # For "None" and "Sub" rows, the filtered row is all zero iff the pixel row is.
+                nonzero = np.flatnonzero(rows[:, 1:].any(axis=1))
+                if nonzero.size:
+                    kept.append((row + int(nonzero[0]), rows[nonzero[0] : nonzero[-1] + 1]))
+                row += n
+            pending = chunk[n * stride :]
+            if inflater.eof or len(out) < step:  # the end, or the input ran out (checked below)
+                break
+    except _zlib.error:
         return None
-    if len(raw) != height * stride:
+    if not inflater.eof or pending or row != height:
         return None
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride)
-    filters = rows[:, 0]
-    if filters.max() > 1:
-        return None  # Up / Average / Paeth rows: leave them to libpng
-    pixels = rows[:, 1:]
-    # For "None" and "Sub" rows, the filtered row is all zero iff the pixel row is.
-    nonzero = np.flatnonzero(pixels.any(axis=1))
-    if nonzero.size == 0:
+    if not kept:
         return BinaryMask(height, width, 0, 0, np.zeros((0, 0), bool), 0)
-    r0, r1 = int(nonzero[0]), int(nonzero[-1]) + 1
-    band = pixels[r0:r1].copy()
-    sub = filters[r0:r1] == 1
+    r0 = kept[0][0]
+    band_rows = np.zeros((kept[-1][0] + len(kept[-1][1]) - r0, stride), np.uint8)
+    for start, rows in kept:
+        band_rows[start - r0 : start - r0 + len(rows)] = rows
+    band = band_rows[:, 1:]
+    sub = band_rows[:, 0] == 1
     if sub.any():
         # Sub: x[i] = f[i] + x[i-1] (mod 256), i.e. a running sum in uint8 arithmetic.
         band[sub] = np.cumsum(band[sub], axis=1, dtype=np.uint8)
     return _from_values(band, r0, height, width)
 
 
-def _decode_opencv(data: bytes, path: str) -> BinaryMask:
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+def _imdecode(data: bytes, path: str) -> np.ndarray:
+    arr = None
+    if data:
+        try:
+            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            arr = None
     if arr is None:
-        raise RawDataError(path, "cannot be decoded as an image (corrupt, truncated or not a PNG)")
+        what = "empty file" if not data else "corrupt, truncated or not a PNG"
+        raise RawDataError(path, f"cannot be decoded as an image ({what})")
+    return arr
+
+
+def _decode_opencv(data: bytes, path: str) -> BinaryMask:
+    arr = _imdecode(data, path)
     if arr.ndim == 3:
         # Colour mask: foreground where any colour channel is > 0 (alpha is ignored).
         arr = arr[..., : min(arr.shape[2], 3)].max(axis=2)
@@ -192,7 +237,5 @@ def read_image_size(path: str) -> Tuple[int, int]:
             data = f.read()
     except OSError as e:
         raise RawDataError(path, f"cannot be read ({e.strerror or e})") from None
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise RawDataError(path, "cannot be decoded as an image (corrupt, truncated or not a PNG)")
+    arr = _imdecode(data, path)
     return int(arr.shape[0]), int(arr.shape[1])
