@@ -17,7 +17,7 @@ import os
 import shutil
 from typing import Dict, Iterable, Optional
 
-from .fileio import atomic_output_dir, atomic_write_json, check_target, link_or_copy
+from ..utils.file_io import atomic_output_dir, atomic_write_json, check_target, link_or_copy
 from .mask2coco import coco_dict, masks_to_coco
 from .raw import RawDataError, scan_train
 from .report import DataReport

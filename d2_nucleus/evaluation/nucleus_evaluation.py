@@ -6,10 +6,8 @@ import contextlib
 import copy
 import io
 import itertools
-import json
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
@@ -27,6 +25,7 @@ from detectron2.evaluation.fast_eval_api import COCOeval_opt
 from detectron2.structures import BoxMode
 from detectron2.utils.logger import create_small_table
 
+from ..utils.file_io import atomic_write_json
 from ..utils.label_map import annotations_to_label_map, rles_to_label_map, to_compressed_rle
 from .nucleus_metrics import NUCLEUS_METRIC_NAMES, compute_nucleus_metrics
 
@@ -541,18 +540,5 @@ def _json_safe(obj):
 
 
 def _atomic_write_json(path: str, obj) -> None:
-    """Write JSON to a temporary file in the same folder, then os.replace it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_json(path, obj, overwrite=True)
     logging.getLogger(__name__).info(f"Saved {path}")

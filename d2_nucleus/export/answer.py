@@ -16,7 +16,7 @@ import pycocotools.mask as mask_util
 
 from detectron2.structures import BoxMode, Instances
 
-from .atomic import atomic_write, check_writable
+from ..utils.file_io import atomic_write, check_writable
 
 __all__ = ["instances_to_coco_json", "write_answer", "ANSWER_NAME"]
 

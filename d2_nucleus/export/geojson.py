@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from ..utils.label_map import rle_counts
-from .atomic import atomic_write
+from ..utils.file_io import atomic_write
 
 __all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from .atomic import atomic_write
+from ..utils.file_io import atomic_write
 
 __all__ = ["label_map_path", "write_label_map"]
 

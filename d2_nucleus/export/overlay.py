@@ -3,7 +3,7 @@
 import cv2
 import numpy as np
 
-from .atomic import atomic_write
+from ..utils.file_io import atomic_write
 
 __all__ = ["draw_overlay", "write_overlay"]
 

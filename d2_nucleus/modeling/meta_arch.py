@@ -48,24 +48,37 @@ class NucleusRCNN(GeneralizedRCNN):
     """
 
     @configurable
-    def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, **kwargs):
+    def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
+                 **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
             mask_chunk_size: detections per pass of the per-detection heads at inference
                 (0: all at once, as Detectron2 does).
+            channels_last: keep convolution weights (and so activations) in channels-last
+                memory format, which oneDNN runs faster on CPUs, bfloat16 especially.
             kwargs: the arguments of :class:`GeneralizedRCNN`.
         """
         super().__init__(**kwargs)
         self.mask_threshold = mask_threshold
         self.mask_chunk_size = mask_chunk_size
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
         ret["mask_threshold"] = cfg.NUCLEUS.MASK_THRESHOLD
         ret["mask_chunk_size"] = cfg.TEST.MASK_HEAD_CHUNK_SIZE
+        ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
         return ret
+
+    def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        images = super().preprocess_image(batched_inputs)
+        if self.channels_last:
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
 
     def inference(
         self,
