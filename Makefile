@@ -46,9 +46,14 @@ demo: $(STAMP)
 	  --vis-dir "$(DEMO_DIR)/vis" --geojson-dir "$(DEMO_DIR)/geojson" --labels-dir "$(DEMO_DIR)/labels" --overwrite; \
 	echo "demo: wrote $(DEMO_DIR)/answer.json, $(DEMO_DIR)/answer.zip, overlays in $(DEMO_DIR)/vis"
 
+# Each benchmark prints its table; BENCHMARKS.md records them. bench_train_speed takes ~10 minutes.
 bench: $(STAMP)
 	$(PY) bench/bench_mask2coco.py
 	$(PY) bench/bench_postprocess.py
+	$(PY) bench/bench_evaluation.py
+	$(PY) bench/bench_train_speed.py --variants plain,mapper,bf16,recipe --config configs/scratch/mask_rcnn_R_50_FPN_scratch_gn.yaml \
+	  MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64
+	$(PY) bench/bench_train_speed.py --variants plain,recipe
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
