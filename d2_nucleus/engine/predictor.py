@@ -29,6 +29,8 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from ..compat import NucleusCheckpointer, WeightsNotFoundError
+from ..data.dataset_mapper import build_nucleus_augmentation
+from ..utils.autocast import cpu_autocast
 from ..data.raw import is_ignored_entry
 from ..export import (
     check_writable,
@@ -238,7 +240,7 @@ class NucleusPredictor:
         self.model = build_model(cfg)
         self.model.eval()
         NucleusCheckpointer(self.model).load(weights)
-        self.augmentations = T.AugmentationList(detection_utils.build_augmentation(cfg, is_train=False))
+        self.augmentations = T.AugmentationList(build_nucleus_augmentation(cfg, is_train=False))
         self.input_format = cfg.INPUT.FORMAT
         self.batch_size = max(1, int(batch_size))
         self.tta = NucleusRCNNWithTTA(cfg, self.model, batch_size=self.batch_size) if tta else None
@@ -259,7 +261,7 @@ class NucleusPredictor:
             tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": height, "width": width})
         outputs = []
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), cpu_autocast(self.cfg):
             if self.tta is not None:
                 outputs = self.tta(inputs)
             else:
@@ -273,11 +275,6 @@ class NucleusPredictor:
                     "MODEL.META_ARCHITECTURE NucleusRCNN"
                 )
         return results
-
-    def _autocast(self):
-        """bfloat16 autocast on CPU when ``cfg.SOLVER.CPU_BF16`` (as in training/evaluation)."""
-        enabled = bool(self.cfg.SOLVER.CPU_BF16) and self.cfg.MODEL.DEVICE == "cpu"
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled)
 
 
 # -------------------------------------------------------------------------------------------------

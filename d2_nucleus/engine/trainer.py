@@ -3,8 +3,6 @@
 import logging
 import os
 import weakref
-from contextlib import nullcontext
-
 import torch
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, hooks
@@ -15,6 +13,7 @@ from ..compat import NucleusCheckpointer, TrainerStateMixin
 from ..data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
 from ..evaluation import NucleusEvaluator
 from ..modeling import NucleusRCNNWithTTA
+from ..utils.autocast import cpu_autocast
 
 __all__ = ["NucleusTrainer"]
 
@@ -54,7 +53,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         return ret
 
     def run_step(self):
-        with _autocast(self.cfg):
+        with cpu_autocast(self.cfg):
             super().run_step()
 
     @classmethod
@@ -73,7 +72,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):
-        with _autocast(cfg), torch.no_grad():
+        with cpu_autocast(cfg), torch.no_grad():
             return super().test(cfg, model, evaluators)
 
     @classmethod
@@ -100,9 +99,3 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
             verify_results(cfg, res)
         return res
 
-
-def _autocast(cfg):
-    """bfloat16 autocast for CPU forward passes when cfg.SOLVER.CPU_BF16 is set."""
-    if cfg.SOLVER.CPU_BF16 and cfg.MODEL.DEVICE == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return nullcontext()

@@ -1,0 +1,16 @@
+# -*- coding: utf-8 -*-
+from contextlib import nullcontext
+
+import torch
+
+__all__ = ["cpu_autocast"]
+
+
+def cpu_autocast(cfg):
+    """
+    bfloat16 autocast for forward passes on the CPU when ``cfg.SOLVER.CPU_BF16`` is set (AVX-512
+    BF16 / AMX CPUs); a no-op otherwise. Used alike by training, evaluation and prediction.
+    """
+    if cfg.SOLVER.CPU_BF16 and cfg.MODEL.DEVICE == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
