@@ -91,7 +91,8 @@ def rles_to_geojson(
         features.append(
             {
                 "type": "Feature",
-                "id": str(uuid.uuid4()),
+                # deterministic: the same detections give the same file
+                "id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{i}/{rle['counts']!s}")),
                 "geometry": {"type": "Polygon", "coordinates": [mask_to_polygon(*crop)]},
                 "properties": properties,
             }
