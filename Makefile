@@ -12,7 +12,12 @@ DEMO_DIR ?= demo
 DEMO_CONFIG ?= configs/demo/mask_rcnn_R_18_FPN_demo.yaml
 DEMO_ITERS ?= 300
 
-.PHONY: install test demo bench clean-demo
+# The CPU recipe on the real dataset (BENCHMARKS.md): make recipe-val DATA=...; make recipe-answer
+RECIPE_CONFIG ?= configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml
+RECIPE_DIR ?= output/cpu_recipe
+FINETUNE_ITERS ?= 150
+
+.PHONY: install test demo bench clean-demo recipe-val recipe-answer
 
 install: $(STAMP)
 
@@ -57,3 +62,20 @@ bench: $(STAMP)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+# Prepare DATA, train the CPU recipe on nucleus_train (~40-60 min on 2 cores), evaluate on nucleus_val.
+recipe-val: $(STAMP)
+	@test -n "$(DATA)" || { echo "usage: make recipe-val DATA=path/to/raw/dataset"; exit 2; }
+	test -d "$(RECIPE_DIR)/prepared" || $(PY) tools/prepare_data.py --raw "$(DATA)" --out "$(RECIPE_DIR)/prepared"
+	$(PY) tools/train_net.py --config-file $(RECIPE_CONFIG) --data-root "$(RECIPE_DIR)/prepared" \
+	  OUTPUT_DIR "$(RECIPE_DIR)/train"
+
+# Then: continue on nucleus_all_train (train + val) at the schedule's middle LR (0.002), and write the
+# challenge submission for the test images.
+recipe-answer: $(STAMP)
+	$(PY) tools/train_net.py --config-file $(RECIPE_CONFIG) --data-root "$(RECIPE_DIR)/prepared" \
+	  MODEL.WEIGHTS "$(RECIPE_DIR)/train/model_final.pth" DATASETS.TRAIN '("nucleus_all_train",)' DATASETS.TEST '()' \
+	  SOLVER.BASE_LR 0.002 SOLVER.WARMUP_ITERS 0 SOLVER.STEPS '()' SOLVER.MAX_ITER $(FINETUNE_ITERS) \
+	  OUTPUT_DIR "$(RECIPE_DIR)/all_train"
+	$(PY) tools/predict.py --config-file $(RECIPE_CONFIG) --weights "$(RECIPE_DIR)/all_train/model_final.pth" \
+	  --input "$(RECIPE_DIR)/prepared/test_img_ids.json" --output "$(RECIPE_DIR)/answer.json" --zip --overwrite
