@@ -204,6 +204,14 @@ def _decode_opencv(data: bytes, path: str) -> BinaryMask:
     return BinaryMask.from_array(arr)
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise RawDataError(path, f"cannot be read ({e.strerror or e})") from None
+
+
 def decode_mask(data: bytes, path: str = "<bytes>") -> BinaryMask:
     """Decode the bytes of a mask image file (see :func:`read_mask`)."""
     mask = _decode_fast(data)
@@ -217,12 +225,7 @@ def read_mask(path: str) -> BinaryMask:
     Raises:
         RawDataError: the file cannot be read or decoded.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise RawDataError(path, f"cannot be read ({e.strerror or e})") from None
-    return decode_mask(data, path)
+    return decode_mask(_read_bytes(path), path)
 
 
 def read_image_size(path: str) -> Tuple[int, int]:
@@ -232,10 +235,5 @@ def read_image_size(path: str) -> Tuple[int, int]:
     Raises:
         RawDataError: the file cannot be read or decoded.
     """
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise RawDataError(path, f"cannot be read ({e.strerror or e})") from None
-    arr = _imdecode(data, path)
+    arr = _imdecode(_read_bytes(path), path)
     return int(arr.shape[0]), int(arr.shape[1])
