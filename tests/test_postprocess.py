@@ -245,3 +245,22 @@ def test_mask_scoring_rescored_once_with_chunks_and_tta(tiny):
     torch.testing.assert_close(chunked.scores, ref.scores, rtol=0, atol=1e-6)
     assert list(chunked.pred_rles) == list(ref.pred_rles)
     torch.testing.assert_close(tta.scores, tta.cls_scores * tta.pred_maskiou)
+
+
+def test_bfloat16_outputs_become_float32():
+    """Under SOLVER.CPU_BF16 the heads emit bf16 boxes/scores/masks; results are float32."""
+    import torch
+    from detectron2.structures import Boxes, Instances
+
+    from d2_nucleus.modeling import nucleus_postprocess
+
+    r = Instances((64, 64))
+    r.pred_boxes = Boxes(torch.tensor([[4.0, 4.0, 20.0, 24.0]], dtype=torch.bfloat16))
+    r.scores = torch.tensor([0.9], dtype=torch.bfloat16)
+    r.pred_classes = torch.tensor([0])
+    r.pred_masks = torch.ones(1, 1, 28, 28, dtype=torch.bfloat16)
+    out = nucleus_postprocess(r, 64, 64)
+    assert out.scores.dtype == torch.float32 and out.pred_boxes.tensor.dtype == torch.float32
+    assert out.scores.numpy().tolist() == [0.8984375]  # bf16's 0.9
+    assert out.pred_rles[0]["size"] == [64, 64]
+    assert r.scores.dtype == torch.bfloat16  # the input is left as it was

@@ -239,10 +239,14 @@ def nucleus_postprocess(
     scale_x = output_width / results.image_size[1]
     scale_y = output_height / results.image_size[0]
     fields = dict(results.get_fields())
+    # Under bfloat16 autocast the heads emit bf16 scores; outputs are float32 (numpy, JSON).
+    for name, value in fields.items():
+        if isinstance(value, torch.Tensor) and value.dtype in (torch.bfloat16, torch.float16):
+            fields[name] = value.float()
     box_field = "pred_boxes" if "pred_boxes" in fields else "proposal_boxes"
     if box_field not in fields:
         raise ValueError("Predictions must contain boxes!")
-    boxes = Boxes(fields[box_field].tensor.clone())
+    boxes = Boxes(fields[box_field].tensor.to(torch.float32, copy=True))
     boxes.scale(scale_x, scale_y)
     boxes.clip((output_height, output_width))
     fields[box_field] = boxes
