@@ -1,6 +1,5 @@
 """Configs, trainer, --eval-only, resume, and a real-learning check (all on CPU, tiny sizes)."""
 import glob
-import json
 import os
 import subprocess
 import sys
@@ -8,7 +7,6 @@ import sys
 import pytest
 import torch
 
-from d2_nucleus.compat import NucleusCheckpointer
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.engine import NucleusTrainer
 

@@ -1,7 +1,6 @@
 # -*- coding: utf-8 -*-
 """The training/test mapper: Detectron2's DatasetMapper with H&E augmentation."""
 import copy
-import logging
 from collections import OrderedDict
 
 import numpy as np
@@ -13,12 +12,11 @@ from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
+from fvcore.transforms.transform import CropTransform
 
 from .transforms import RandomRot90, RandomStainJitter
 
 __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "annotations_to_label_map"]
-
-logger = logging.getLogger(__name__)
 
 
 def build_nucleus_augmentation(cfg, is_train):
@@ -155,9 +153,7 @@ def _instances_from_label_map(labels, annos, transforms, image_shape):
 
 
 def _drop_outside_crop(annos, transforms):
-    """Annotations whose box misses the crop window (if the first transform is a crop)."""
-    from fvcore.transforms.transform import CropTransform
-
+    """Drop the annotations whose box misses the crop window (if there is a crop)."""
     crop = next((t for t in transforms.transforms if isinstance(t, CropTransform)), None)
     if crop is None or not annos:
         return annos

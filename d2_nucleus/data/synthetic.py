@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
