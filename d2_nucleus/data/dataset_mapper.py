@@ -14,9 +14,10 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 from fvcore.transforms.transform import CropTransform
 
+from ..utils.label_map import annotations_to_label_map, to_compressed_rle
 from .transforms import RandomRot90, RandomStainJitter
 
-__all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "annotations_to_label_map"]
+__all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_map"]
 
 
 def build_nucleus_augmentation(cfg, is_train):
@@ -104,31 +105,28 @@ class NucleusDatasetMapper(DatasetMapper):
         if key in self._label_maps:
             self._label_maps.move_to_end(key)
             return self._label_maps[key]
-        labels = annotations_to_label_map(annos, dataset_dict["height"], dataset_dict["width"])
+        labels = dense_label_map(annos, dataset_dict["height"], dataset_dict["width"])
         self._label_maps[key] = labels
         if len(self._label_maps) > self._cache_size:
             self._label_maps.popitem(last=False)
         return labels
 
 
-def annotations_to_label_map(annos, height, width):
-    """uint16 label map of non-overlapping RLE annotations (k = annos[k - 1]), else None."""
+def dense_label_map(annos, height, width):
+    """
+    uint16 label map of non-overlapping RLE annotations (k = annos[k - 1]), or None where a
+    label map cannot stand for them: polygons, overlapping masks, 2**16 or more instances.
+    """
     if not annos or len(annos) >= 2 ** 16:
         return None
-    labels = np.zeros((height, width), np.uint16)
-    area = 0
-    for k, a in enumerate(annos, start=1):
-        seg = a.get("segmentation")
-        if not isinstance(seg, dict):
-            return None  # polygons: Detectron2's path
-        if isinstance(seg["counts"], list):
-            seg = mask_util.frPyObjects(seg, *seg["size"])
-        m = mask_util.decode(seg).astype(bool)
-        labels[m] = k
-        area += int(m.sum())
-    if area != int(np.count_nonzero(labels)):
+    segs = [a.get("segmentation") for a in annos]
+    if not all(isinstance(seg, dict) for seg in segs):
+        return None  # polygons: Detectron2's path
+    labels = annotations_to_label_map(annos, height, width)
+    areas = mask_util.area([to_compressed_rle(seg, height, width) for seg in segs])
+    if int(areas.sum()) != int(np.count_nonzero(labels)):
         return None  # overlapping instances: a label map cannot hold them
-    return labels
+    return labels.astype(np.uint16)
 
 
 def _instances_from_label_map(labels, annos, transforms, image_shape):
