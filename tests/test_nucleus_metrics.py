@@ -13,7 +13,8 @@ from d2_nucleus.evaluation.nucleus_metrics import (
     instance_contingency,
     panoptic_quality,
 )
-from d2_nucleus.utils.label_map import annotations_to_label_map, rle_counts, rles_to_label_map
+from d2_nucleus.utils.label_map import annotations_to_label_map, rles_to_label_map
+from d2_nucleus.utils.rle import rle_counts
 
 
 def _approx(metrics, expected):

@@ -4,7 +4,6 @@ import copy
 from collections import OrderedDict
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from scipy import ndimage
 from detectron2.config import configurable
@@ -14,7 +13,8 @@ from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Instances
 from fvcore.transforms.transform import CropTransform
 
-from ..utils.label_map import annotations_to_label_map, to_compressed_rle
+from ..utils import rle as rle_util
+from ..utils.label_map import annotations_to_label_map
 from .transforms import RandomRot90, RandomStainJitter
 
 __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_map"]
@@ -123,7 +123,7 @@ def dense_label_map(annos, height, width):
     if not all(isinstance(seg, dict) for seg in segs):
         return None  # polygons: Detectron2's path
     labels = annotations_to_label_map(annos, height, width)
-    areas = mask_util.area([to_compressed_rle(seg, height, width) for seg in segs])
+    areas = rle_util.area([rle_util.to_compressed_rle(seg, height, width) for seg in segs])
     if int(areas.sum()) != int(np.count_nonzero(labels)):
         return None  # overlapping instances: a label map cannot hold them
     return labels.astype(np.uint16)

@@ -17,9 +17,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+from ..utils import rle as rle_util
 from .mask_io import BinaryMask, read_image_size, read_mask
 from .raw import RawDataError, RawTrainImage
 from .report import DataReport
@@ -71,7 +71,7 @@ def encode_rle(mask: BinaryMask) -> Dict:
             runs.append(after)
     else:
         runs[-1] += after
-    rle = mask_util.frPyObjects({"size": [H, W], "counts": runs}, H, W)
+    rle = rle_util.fr_py_objects({"size": [H, W], "counts": runs}, H, W)
     return {"size": [H, W], "counts": rle["counts"].decode("ascii")}
 
 

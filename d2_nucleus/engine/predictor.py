@@ -44,7 +44,8 @@ from ..export import (
     write_overlay,
 )
 from ..modeling import NucleusRCNNWithTTA
-from ..utils.label_map import rle_counts, rles_to_label_map
+from ..utils.label_map import rles_to_label_map
+from ..utils.rle import rle_counts
 
 __all__ = [
     "BadImageError",

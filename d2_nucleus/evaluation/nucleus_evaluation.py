@@ -12,7 +12,6 @@ from collections import OrderedDict
 from typing import Dict, List, Optional
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -26,7 +25,9 @@ from detectron2.structures import BoxMode
 from detectron2.utils.logger import create_small_table
 
 from ..utils.file_io import atomic_write_json
-from ..utils.label_map import annotations_to_label_map, rles_to_label_map, to_compressed_rle
+from ..utils.label_map import annotations_to_label_map, rles_to_label_map
+from ..utils import rle as rle_util
+from ..utils.rle import to_compressed_rle
 from .nucleus_metrics import NUCLEUS_METRIC_NAMES, compute_nucleus_metrics
 
 __all__ = ["NucleusEvaluator", "build_coco_ground_truth", "evaluate_coco", "coco_average_precision"]
@@ -397,12 +398,12 @@ def build_coco_ground_truth(dataset_dicts: List[Dict], metadata, dataset_name: s
                 if isinstance(rle["counts"], bytes):
                     rle["counts"] = rle["counts"].decode("ascii")
                 ann["segmentation"] = rle
-                ann["area"] = float(mask_util.area(rle))
+                ann["area"] = float(rle_util.area(rle))
             if "bbox" in a:
                 bbox = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)
                 ann["bbox"] = [float(x) for x in bbox]
             elif "segmentation" in ann:
-                ann["bbox"] = [float(x) for x in mask_util.toBbox(ann["segmentation"])]
+                ann["bbox"] = [float(x) for x in rle_util.to_bbox(ann["segmentation"])]
             else:
                 raise ValueError(f"dataset '{dataset_name}': an annotation has no bbox or mask")
             if "area" not in ann:
@@ -490,7 +491,7 @@ def _instance_rles(instances, height, width) -> Optional[List[Dict]]:
             masks = masks >= 0.5
         rles = []
         for m in masks.numpy():
-            r = mask_util.encode(np.asfortranarray(m, dtype=np.uint8))
+            r = rle_util.encode(m)
             r["counts"] = r["counts"].decode("ascii")
             rles.append(r)
     else:

@@ -12,10 +12,10 @@ import zipfile
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 
 from detectron2.structures import BoxMode, Instances
 
+from ..utils import rle as rle_util
 from ..utils.file_io import atomic_write, check_writable
 
 __all__ = ["instances_to_coco_json", "write_answer", "ANSWER_NAME"]
@@ -58,7 +58,7 @@ def instances_to_coco_json(
     elif instances.has("pred_masks"):
         rles = []
         for mask in instances.pred_masks:
-            rle = mask_util.encode(np.asfortranarray(np.asarray(mask, dtype=np.uint8)))
+            rle = rle_util.encode(np.asarray(mask))
             rle["counts"] = rle["counts"].decode("utf-8")
             rles.append(rle)
     else:

@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..utils.label_map import rle_counts
+from ..utils.rle import rle_counts
 from ..utils.file_io import atomic_write
 
 __all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]

@@ -14,11 +14,12 @@ box's integer extent grown by one pixel).
 from typing import Dict, List, Tuple, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from torch.nn import functional as F
 
 from detectron2.structures import Boxes, Instances, ROIMasks
+
+from ..utils import rle as rle_util
 
 __all__ = ["nucleus_postprocess", "paste_masks_to_rles", "RLEList"]
 
@@ -210,7 +211,7 @@ def paste_masks_to_rles(
     uncompressed = [
         {"size": [img_h, img_w], "counts": counts[a:b]} for a, b in zip(first.tolist(), last.tolist())
     ]
-    rles = mask_util.frPyObjects(uncompressed, img_h, img_w)
+    rles = rle_util.fr_py_objects(uncompressed, img_h, img_w)
     for rle in rles:
         rle["counts"] = rle["counts"].decode("utf-8")
     return rles

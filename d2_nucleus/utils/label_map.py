@@ -11,73 +11,10 @@ painting the runs of the compressed RLE directly touches only the mask's own pix
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
-import pycocotools.mask as mask_util
 
-__all__ = ["rles_to_label_map", "annotations_to_label_map", "rle_counts", "to_compressed_rle"]
+from .rle import rle_counts, to_compressed_rle
 
-
-def _decode_counts_string(counts: bytes) -> np.ndarray:
-    """
-    Run lengths of a compressed COCO RLE string (the LEB128-like format of pycocotools'
-    ``rleToString``), vectorised: 5 bits a character, 0x20 = "more characters follow",
-    0x10 in the last character = negative, and from the 3rd run on each run is stored as a
-    difference to the run two places before.
-    """
-    c = np.frombuffer(counts, dtype=np.uint8).astype(np.int64) - 48
-    if c.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if c.min() < 0 or c.max() > 63:
-        raise ValueError("not a compressed COCO RLE string")
-    last = (c & 0x20) == 0  # last character of each number
-    if not last[-1]:
-        raise ValueError("truncated compressed COCO RLE string")
-    ends = np.flatnonzero(last)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    pos = np.arange(c.size) - np.repeat(starts, ends - starts + 1)  # character index in number
-    x = np.add.reduceat((c & 0x1F) << (5 * pos), starts)
-    negative = (c[ends] & 0x10) != 0
-    x[negative] -= np.left_shift(1, 5 * (ends[negative] - starts[negative] + 1))
-    # undo the delta coding: cnts[m] = x[m] + cnts[m - 2] for m > 2
-    if x.size > 3:
-        x[3::2] = np.cumsum(x[1::2])[1:]
-        x[4::2] = np.cumsum(x[2::2])[1:]
-    if (x < 0).any():
-        raise ValueError("corrupt compressed COCO RLE string (negative run length)")
-    return x
-
-
-def rle_counts(rle: Dict) -> np.ndarray:
-    """
-    The run lengths (alternating background / foreground, column-major, starting with
-    background) of a COCO RLE dict whose "counts" is a compressed string (str or bytes) or an
-    uncompressed list of ints.
-    """
-    counts = rle["counts"]
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    if isinstance(counts, (bytes, bytearray)):
-        return _decode_counts_string(bytes(counts))
-    return np.asarray(counts, dtype=np.int64)
-
-
-def to_compressed_rle(segmentation, height: int, width: int) -> Dict:
-    """
-    A compressed RLE dict for a COCO/Detectron2 segmentation: compressed RLE (returned as is),
-    uncompressed RLE (list counts) or polygons (list of flat [x0, y0, x1, y1, ...] lists).
-    """
-    if isinstance(segmentation, dict):
-        if "counts" not in segmentation or "size" not in segmentation:
-            raise ValueError("RLE segmentation needs 'size' and 'counts'")
-        if isinstance(segmentation["counts"], list):
-            return mask_util.frPyObjects(segmentation, *segmentation["size"])
-        return segmentation
-    if isinstance(segmentation, list):
-        polygons = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in segmentation]
-        polygons = [p for p in polygons if len(p) >= 6]
-        if not polygons:
-            return mask_util.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
-        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    raise TypeError(f"unknown segmentation type {type(segmentation).__name__}")
+__all__ = ["rles_to_label_map", "annotations_to_label_map"]
 
 
 def rles_to_label_map(
