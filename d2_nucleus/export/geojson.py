@@ -46,13 +46,17 @@ def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[flo
 
 
 def rles_to_geojson(
-    rles: Sequence[Dict], scores: Optional[Sequence[float]] = None, class_name: str = "Nucleus"
+    rles: Sequence[Dict],
+    scores: Optional[Sequence[float]] = None,
+    class_name: str = "Nucleus",
+    measurements: Optional[Sequence[Dict[str, float]]] = None,
 ) -> Dict:
     """
     A GeoJSON FeatureCollection with one QuPath detection per non-empty mask: Polygon geometry
     (closed ring, pixel coordinates), ``properties`` = {"objectType": "detection",
     "classification": {"name": class_name, ...}, "measurements": {"Detection score": s}}.
-    Empty masks are skipped.
+    Empty masks are skipped. ``measurements[i]`` (QuPath names -> values, see
+    :mod:`d2_nucleus.measurements.qupath`) is added to the i-th detection's measurements.
     """
     features = []
     for i, rle in enumerate(rles):
@@ -66,6 +70,8 @@ def rles_to_geojson(
         }
         if scores is not None:
             properties["measurements"] = {"Detection score": float(scores[i])}
+        if measurements is not None:
+            properties.setdefault("measurements", {}).update(measurements[i])
         features.append(
             {
                 "type": "Feature",
