@@ -6,7 +6,7 @@ a FeatureCollection with one Polygon Feature per detection, in pixel coordinates
 """
 import json
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np

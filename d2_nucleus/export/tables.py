@@ -14,33 +14,32 @@ slide, x right, y down, pixel (x, y) covering [x, x + 1) x [y, y + 1); ``_um`` c
 when the resolution is unknown). Every column is optional; the documented ones are cast to the
 type given here and come first, in this order, followed by any other columns of the first batch.
 
-==========================  =======  ==========================================================
-column                      type     meaning
-==========================  =======  ==========================================================
-id                          int64    nucleus id, unique within the table (0, 1, ...)
-image                       string   image (or slide) name
-tile                        int64    tile index in the slide pipeline (-1: whole image)
-score                       float64  detection score
-centroid_x, centroid_y      float64  centroid (mean pixel index, as regionprops; px)
-centroid_x_um, centroid_y_um float64 centroid in um (pixel index * mpp)
-bbox_x0, bbox_y0            int64    first column / row of the mask's bounding box (px)
-bbox_x1, bbox_y1            int64    one past the last column / row (px, half-open)
-area_px                     int64    number of mask pixels
-area_um2                    float64  area in um^2 (area_px * mpp^2)
-perimeter_px, perimeter_um  float64  regionprops ``perimeter`` (4-connectivity contour estimate)
-circularity                 float64  4 * pi * area / perimeter^2 (NaN when perimeter is 0)
-solidity                    float64  area / convex hull area (regionprops ``solidity``)
-eccentricity                float64  of the ellipse with the same second moments (0: circle)
-major_axis_length_px, _um   float64  regionprops ``axis_major_length``
-minor_axis_length_px, _um   float64  regionprops ``axis_minor_length``
-orientation                 float64  regionprops ``orientation``: angle (rad, -pi/2..pi/2) between
-                                     the row axis and the major axis
-equivalent_diameter_px, _um float64  diameter of the circle of the same area
-hematoxylin_od_mean, _std   float64  haematoxylin optical density (colour deconvolution) over
-                                     the mask; ``eosin_od_mean``, ``eosin_od_std`` likewise
-red_mean, green_mean,       float64  mean 8-bit RGB over the mask
-blue_mean
-==========================  =======  ==========================================================
+==============================  =======  ========================================================
+column                          type     meaning
+==============================  =======  ========================================================
+id                              int64    nucleus id, unique within the table (0, 1, ...)
+image                           string   image (or slide) name
+tile                            int64    tile index in the slide pipeline (-1: whole image)
+score                           float64  detection score
+centroid_x, centroid_y          float64  centroid (mean pixel index, as regionprops; px)
+centroid_x_um, centroid_y_um    float64  centroid in um (pixel index * mpp)
+bbox_x0, bbox_y0                int64    first column / row of the mask's bounding box (px)
+bbox_x1, bbox_y1                int64    one past the last column / row (px, half-open)
+area_px                         int64    number of mask pixels
+area_um2                        float64  area in um^2 (area_px * mpp^2)
+perimeter_px, perimeter_um      float64  regionprops ``perimeter`` (4-neighbourhood estimator)
+circularity                     float64  4 * pi * area / perimeter^2 (NaN when perimeter is 0)
+solidity                        float64  area / convex hull area (regionprops ``solidity``)
+eccentricity                    float64  of the ellipse with the same second moments (0: circle)
+major_axis_length_px, _um       float64  regionprops ``axis_major_length``
+minor_axis_length_px, _um       float64  regionprops ``axis_minor_length``
+orientation                     float64  regionprops ``orientation``: angle (rad, -pi/2..pi/2)
+                                         between the row axis and the major axis
+equivalent_diameter_px, _um     float64  diameter of the circle of the same area
+hematoxylin_od_mean, _std       float64  haematoxylin optical density (colour deconvolution) over
+                                         the mask; ``eosin_od_mean``, ``eosin_od_std`` likewise
+red_mean, green_mean, blue_mean float64  mean RGB over the mask (the image's scale, 0-255 for 8 bits)
+==============================  =======  ========================================================
 """
 import contextlib
 from typing import Dict, Mapping, Optional, Sequence, Union

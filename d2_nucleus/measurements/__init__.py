@@ -6,3 +6,15 @@ defines them, vectorised over many nuclei; per-image summaries and a figure of t
 from .masks import BoxMasks
 from .nuclei import COLOUR_COLUMNS, SHAPE_COLUMNS, measure_nuclei
 from .stain import RUIFROK_JOHNSTON, STAIN_METHODS, image_stain_matrix, macenko_stain_matrix, separate_stains
+
+__all__ = [
+    "BoxMasks",
+    "measure_nuclei",
+    "SHAPE_COLUMNS",
+    "COLOUR_COLUMNS",
+    "RUIFROK_JOHNSTON",
+    "STAIN_METHODS",
+    "image_stain_matrix",
+    "macenko_stain_matrix",
+    "separate_stains",
+]

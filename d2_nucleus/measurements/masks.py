@@ -61,10 +61,6 @@ class BoxMasks:
             y0.append(crop[2])
         return cls(masks, np.array(x0, np.int64), np.array(y0, np.int64))
 
-    def subset(self, index: Sequence[int]) -> "BoxMasks":
-        index = np.asarray(index, dtype=np.int64)
-        return BoxMasks([self.masks[i] for i in index.tolist()], self.x0[index], self.y0[index])
-
 
 @dataclass
 class MaskStack:

@@ -101,7 +101,8 @@ def measure_nuclei(
     area = px["area_px"].astype(np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         perimeter = px["perimeter_px"]
-        px["circularity"] = np.where(perimeter > 0, 4 * np.pi * area / np.where(perimeter > 0, perimeter, 1) ** 2, np.nan)
+        safe_perimeter = np.where(perimeter > 0, perimeter, 1)
+        px["circularity"] = np.where(perimeter > 0, 4 * np.pi * area / safe_perimeter**2, np.nan)
         px["solidity"] = np.where(area > 0, area / px.pop("area_convex"), np.nan)
     scale = float(mpp) if mpp else np.nan
     px["centroid_x_um"] = px["centroid_x"] * scale

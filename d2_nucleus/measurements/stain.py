@@ -64,7 +64,11 @@ def separate_stains(rgb: np.ndarray, conversion: Optional[np.ndarray] = None) ->
 
 
 def macenko_stain_matrix(
-    rgb: np.ndarray, beta: float = 0.15, alpha: float = 1.0, max_pixels: int = 1_000_000, seed: int = 0
+    rgb: np.ndarray,
+    beta: float = 0.15,
+    alpha: float = 1.0,
+    max_pixels: int = 1_000_000,
+    seed: int = 0,
 ) -> np.ndarray:
     """
     H&E stain vectors of an image by Macenko et al.'s method ("A method for normalizing histology
