@@ -261,3 +261,35 @@ def test_measurement_writer_outputs(tmp_path):
         writer.check(["img"])
     with pytest.raises(ValueError, match="stain"):
         MeasurementWriter(str(tmp_path), stain="other")
+
+
+@pytest.mark.realdata
+def test_real_nuclei_equal_regionprops(real_raw):
+    """The ground-truth nuclei of one real image, each mask on its own (they may overlap)."""
+    from d2_nucleus.data.mask_io import read_mask
+    from d2_nucleus.data.raw import scan_train
+
+    entry = scan_train(real_raw).images[0]
+    image = np.asarray(Image.open(entry.image_file).convert("RGB"))
+    masks = [read_mask(f) for f in entry.mask_files]
+    masks = [m for m in masks if not m.is_empty]
+    got = measure_nuclei(BoxMasks([m.crop for m in masks], [m.x0 for m in masks], [m.y0 for m in masks]), image)
+    hed = rgb2hed(image)
+    for i, m in enumerate(masks):
+        h, w = m.crop.shape
+        window = (slice(m.y0, m.y0 + h), slice(m.x0, m.x0 + w))
+        (p,) = regionprops(m.crop.astype(np.uint8), intensity_image=hed[window])
+        expected = {
+            "area_px": p.area,
+            "centroid_x": p.centroid[1] + m.x0,
+            "perimeter_px": p.perimeter,
+            "solidity": p.solidity,
+            "eccentricity": p.eccentricity,
+            "major_axis_length_px": p.axis_major_length,
+            "minor_axis_length_px": p.axis_minor_length,
+            "orientation": p.orientation,
+            "hematoxylin_od_mean": p.intensity_mean[0],
+            "eosin_od_std": p.intensity_std[1],
+        }
+        for name, value in expected.items():
+            assert abs(got[name][i] - value) <= TOL, (name, i)

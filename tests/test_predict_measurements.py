@@ -49,3 +49,11 @@ def test_predict_measurements(weights, raw, tmp_path, capsys):
     table = pq.read_table(tmp_path / "m2" / f"{stem}.parquet")
     np.testing.assert_allclose(table["perimeter_um"].to_numpy(), table["perimeter_px"].to_numpy() * 0.5)
     assert not (tmp_path / "m2" / f"{stem}.csv").exists()
+
+
+def test_predict_measurements_bad_mpp(weights, raw, tmp_path, capsys):
+    ids = os.path.join(raw, "test_img_ids.json")
+    rc = predict(weights, "--input", ids, "--output", tmp_path / "a.json", "--measurements", tmp_path / "m",
+                 "--mpp", "-1")
+    assert rc == 2 and "mpp must be a positive" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "m") and not os.path.exists(tmp_path / "a.json")
