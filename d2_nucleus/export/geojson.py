@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from ..utils.rle import rle_counts
+from ..utils.rle import rle_pixels
 from ..utils.file_io import atomic_write
 
 __all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]
@@ -29,16 +29,9 @@ def rle_to_box_mask(rle: Dict) -> Optional[Tuple[np.ndarray, int, int]]:
         None for an empty mask.
     """
     height = int(rle["size"][0])
-    counts = rle_counts(rle)
-    starts = np.cumsum(counts)[0::2][: len(counts) // 2]  # foreground runs start here
-    lengths = counts[1::2]
-    keep = lengths > 0
-    starts, lengths = starts[keep], lengths[keep]
-    total = int(lengths.sum())
-    if total == 0:
+    p = rle_pixels(rle)  # column-major pixel indices
+    if p.size == 0:
         return None
-    offsets = np.cumsum(lengths) - lengths
-    p = np.repeat(starts - offsets, lengths) + np.arange(total)  # column-major pixel indices
     xs, ys = p // height, p % height
     x0, y0 = int(xs.min()), int(ys.min())
     mask = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), np.uint8)
