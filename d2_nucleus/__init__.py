@@ -12,18 +12,13 @@ from .utils.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it
 _LAZY = {
-    "add_nucleus_config": ".config",
-    "get_nucleus_cfg": ".config",
-    "NucleusDatasetMapper": ".data.dataset_mapper",
-    "register_nucleus_datasets": ".data.datasets",
-    "resolve_data_root": ".data.datasets",
-    "NucleusEvaluator": ".evaluation.nucleus_evaluation",
-    "NucleusTrainer": ".engine.trainer",
-    "NucleusPredictor": ".engine.predictor",
+    ".config": ("add_nucleus_config", "get_nucleus_cfg"),
+    ".data.datasets": ("register_nucleus_datasets", "resolve_data_root"),
+    ".data.dataset_mapper": ("NucleusDatasetMapper",),
+    ".evaluation.nucleus_evaluation": ("NucleusEvaluator",),
+    ".engine.trainer": ("NucleusTrainer",),
+    ".engine.predictor": ("NucleusPredictor",),
 }
-
-__all__ = sorted(_LAZY) + ["__version__"]
-
+__all__ = sorted(n for names in _LAZY.values() for n in names) + ["__version__"]
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -22,14 +22,10 @@ from d2_nucleus.engine.inputs import ImageItem
 from d2_nucleus.evaluation import NucleusEvaluator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "Base-Nucleus-RCNN-FPN.yaml")
-TINY_OPTS = [
-    "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.FPN.OUT_CHANNELS", "64",
-    "MODEL.RESNETS.NORM", "GN", "MODEL.FPN.NORM", "GN", "MODEL.DEVICE", "cpu",
-    "MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "MODEL.RPN.POST_NMS_TOPK_TEST", "100",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "40",
-    "DATALOADER.NUM_WORKERS", "0",
-]
+# The demo model (R18-FPN, GroupNorm, 64 channels), random weights, every detection kept.
+CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
+OPTS = ["MODEL.DEVICE", "cpu", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "40",
+        "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "DATALOADER.NUM_WORKERS", "0"]
 NAME = "parity_val"
 
 
@@ -60,7 +56,7 @@ def dataset(synthetic_prepared, tmp_path):
 
 @pytest.mark.parametrize("arch", ["NucleusRCNN", "GeneralizedRCNN"])
 def test_eval_and_predict_give_the_same_detections(dataset, synthetic_prepared, tmp_path, arch):
-    cfg = get_nucleus_cfg(CONFIG, TINY_OPTS + ["MODEL.META_ARCHITECTURE", arch, "MODEL.WEIGHTS", "",
+    cfg = get_nucleus_cfg(CONFIG, OPTS + ["MODEL.META_ARCHITECTURE", arch, "MODEL.WEIGHTS", "",
                                                "DATASETS.TEST", f"('{NAME}',)"],
                           data_root=synthetic_prepared)
     torch.manual_seed(0)

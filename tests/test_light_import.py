@@ -29,7 +29,7 @@ def _heavy(stdout: str):
 
 def test_package_and_light_modules_import_without_torch():
     code = (
-        "import d2_nucleus, d2_nucleus.data, d2_nucleus.engine, d2_nucleus.export, d2_nucleus.evaluation\n"
+        "import d2_nucleus, d2_nucleus.data, d2_nucleus.export, d2_nucleus.evaluation\n"
         "import d2_nucleus.utils.rle, d2_nucleus.utils.label_map, d2_nucleus.utils.file_io\n"
         "import d2_nucleus.data.prepare, d2_nucleus.data.mask2coco, d2_nucleus.data.synthetic\n"
         "import d2_nucleus.data.layout, d2_nucleus.data.raw, d2_nucleus.evaluation.nucleus_metrics\n"

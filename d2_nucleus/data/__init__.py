@@ -3,28 +3,21 @@
 Data: raw nucleus masks -> COCO, the prepared layout, its Detectron2 registration, the image
 reader and the training mapper.
 
-Importing this package imports nothing: data preparation (:mod:`.prepare`, :mod:`.mask2coco`)
-runs without torch and Detectron2; the names below are imported on first use (PEP 562).
+Data preparation (:mod:`.prepare`, :mod:`.mask2coco`, ...) needs neither torch nor Detectron2;
+the parts that do are imported on first use (PEP 562).
 """
 from ..utils.lazy import lazy_attributes
+from .mask2coco import masks_to_coco
+from .prepare import prepare_dataset
+from .raw import RawDataError
+from .report import DataReport
+from .split import split_image_ids
+from .synthetic import generate_dataset, render_nuclei_image
+from .testset import testset_to_coco
 
 _LAZY = {
-    "register_nucleus_datasets": ".datasets",
-    "resolve_data_root": ".datasets",
-    "masks_to_coco": ".mask2coco",
-    "prepare_dataset": ".prepare",
-    "RawDataError": ".raw",
-    "DataReport": ".report",
-    "split_image_ids": ".split",
-    "generate_dataset": ".synthetic",
-    "render_nuclei_image": ".synthetic",
-    "testset_to_coco": ".testset",
-    "BadImageError": ".image_io",
-    "read_image": ".image_io",
-    "NucleusDatasetMapper": ".dataset_mapper",
-    "build_nucleus_augmentation": ".dataset_mapper",
+    ".datasets": ("register_nucleus_datasets", "resolve_data_root"),
+    ".dataset_mapper": ("NucleusDatasetMapper", "build_nucleus_augmentation"),
+    ".image_io": ("BadImageError", "read_image"),
 }
-
-__all__ = sorted(_LAZY)
-
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -67,8 +67,6 @@ def check_outputs(
     Returns:
         per image id: {"vis", "geojson", "labels"} paths (labels without extension) or None.
     """
-    if label_format not in ("png", "tiff"):
-        raise ValueError(f"label format must be 'png' or 'tiff', got {label_format!r}")
     for path in (output, zip_output):
         if path:
             check_writable(path, overwrite=overwrite)

@@ -4,28 +4,25 @@ Evaluation of nucleus instance segmentation: dense COCO AP, the challenge AP50@1
 
 One module a step: :mod:`.coco_ground_truth`, :mod:`.coco_results` (Instances -> COCO results,
 also used for answer.json), :mod:`.coco_eval`, :mod:`.nucleus_metrics`, and
-:mod:`.nucleus_evaluation` (the DatasetEvaluator). Names are imported on first use (PEP 562):
-the label-map metrics need neither torch nor Detectron2.
+:mod:`.nucleus_evaluation` (the DatasetEvaluator). The label-map metrics need neither torch nor
+Detectron2; the rest is imported on first use (PEP 562).
 """
 from ..utils.lazy import lazy_attributes
+from .nucleus_metrics import (
+    NUCLEUS_METRIC_NAMES,
+    InstanceContingency,
+    aggregated_jaccard_index,
+    compute_nucleus_metrics,
+    dice_coefficient,
+    image_nucleus_metrics,
+    instance_contingency,
+    panoptic_quality,
+)
 
 _LAZY = {
-    "NucleusEvaluator": ".nucleus_evaluation",
-    "build_coco_ground_truth": ".coco_ground_truth",
-    "coco_average_precision": ".coco_eval",
-    "evaluate_coco": ".coco_eval",
-    "instance_rles": ".coco_results",
-    "instances_to_coco_json": ".coco_results",
-    "NUCLEUS_METRIC_NAMES": ".nucleus_metrics",
-    "InstanceContingency": ".nucleus_metrics",
-    "aggregated_jaccard_index": ".nucleus_metrics",
-    "compute_nucleus_metrics": ".nucleus_metrics",
-    "dice_coefficient": ".nucleus_metrics",
-    "image_nucleus_metrics": ".nucleus_metrics",
-    "instance_contingency": ".nucleus_metrics",
-    "panoptic_quality": ".nucleus_metrics",
+    ".nucleus_evaluation": ("NucleusEvaluator",),
+    ".coco_ground_truth": ("build_coco_ground_truth",),
+    ".coco_eval": ("coco_average_precision", "evaluate_coco"),
+    ".coco_results": ("instance_rles", "instances_to_coco_json"),
 }
-
-__all__ = sorted(_LAZY)
-
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

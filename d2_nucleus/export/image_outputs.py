@@ -21,20 +21,17 @@ __all__ = ["LABEL_FORMATS", "image_output_paths", "write_image_outputs"]
 LABEL_FORMATS = ("png", "tiff")
 
 
-def image_output_paths(
-    stems: Dict[int, str],
-    vis_dir: Optional[str] = None,
-    geojson_dir: Optional[str] = None,
-    labels_dir: Optional[str] = None,
-    label_format: str = "png",
-    overwrite: bool = False,
-) -> Dict[int, Dict[str, Optional[str]]]:
+def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geojson_dir: Optional[str] = None,
+                       labels_dir: Optional[str] = None, label_format: str = "png",
+                       overwrite: bool = False) -> Dict[int, Dict[str, Optional[str]]]:
     """
-    Output paths per image, checked before any prediction: folders creatable and writable, no
-    existing file unless ``overwrite``, no two images with the same output name.
+    The overlay, GeoJSON and label-map path of each image, checked at once: every folder
+    creatable and writable, no file there unless ``overwrite``, no output name shared by two
+    images.
 
     Args:
         stems: image id -> file name without extension.
+        vis_dir, geojson_dir, labels_dir: the output folders (None: no such output).
 
     Returns:
         per image id: {"vis", "geojson", "labels"} paths (labels without extension) or None.

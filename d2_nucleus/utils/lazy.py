@@ -6,11 +6,13 @@ from typing import Callable, Dict, Tuple
 __all__ = ["lazy_attributes"]
 
 
-def lazy_attributes(package: str, names: Dict[str, str], namespace: dict) -> Tuple[Callable, Callable]:
+def lazy_attributes(package: str, modules: Dict[str, Tuple[str, ...]], namespace: dict) -> Tuple[Callable, Callable]:
     """
-    ``__getattr__`` and ``__dir__`` for a package whose public ``names`` (name -> relative module)
-    are imported when first accessed, then cached in the package's ``namespace`` (its globals).
+    ``__getattr__`` and ``__dir__`` for a package whose public names (``modules``: relative module
+    -> the names it defines) are imported when first accessed, then cached in the package's
+    ``namespace`` (its globals).
     """
+    names = {name: module for module, defined in modules.items() for name in defined}
 
     def __getattr__(name):
         if name in names:
