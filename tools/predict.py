@@ -75,7 +75,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torch and Detectron2 are imported only now: --help and argument errors return at once.
     quiet_known_warnings()
-    from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
 
     try:
         if not os.path.isfile(args.config_file):

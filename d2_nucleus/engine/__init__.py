@@ -1,7 +1,15 @@
 # -*- coding: utf-8 -*-
-"""Training (:class:`NucleusTrainer`) and prediction (:class:`NucleusPredictor`, its inputs, the run)."""
-from ..data.image_io import BadImageError, read_image
-from .inputs import IMAGE_EXTENSIONS, ImageItem, list_inputs
-from .prediction import PredictionSummary, check_outputs, run_prediction
-from .predictor import NucleusPredictor
-from .trainer import NucleusTrainer
+"""
+Training (:class:`NucleusTrainer`) and prediction (:class:`NucleusPredictor`, its inputs, the run).
+Names are imported on first use (PEP 562): prediction does not load the trainer.
+"""
+from ..utils.lazy import lazy_attributes
+
+_LAZY = {
+    ".trainer": ("NucleusTrainer",),
+    ".predictor": ("NucleusPredictor",),
+    ".inputs": ("IMAGE_EXTENSIONS", "ImageItem", "list_inputs"),
+    ".prediction": ("PredictionSummary", "check_outputs", "run_prediction"),
+    "..data.image_io": ("BadImageError", "read_image"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
