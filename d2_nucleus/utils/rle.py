@@ -300,5 +300,8 @@ def encode_box_masks_batched(parts, n: int, image_shape) -> List[RLE]:
         pos_parts.append(pos)
     inst = np.concatenate(inst_parts)
     pos = np.concatenate(pos_parts)
+    del inst_parts, pos_parts
     order = np.argsort(inst, kind="stable")  # by instance; positions stay sorted within one
-    return _boundaries_to_rles(inst[order], pos[order], n, img_h, img_w)
+    inst, pos = inst[order], pos[order]  # rebound: the unsorted copies are freed before the RLEs are built
+    del order
+    return _boundaries_to_rles(inst, pos, n, img_h, img_w)
