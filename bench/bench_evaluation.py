@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """
-Evaluation speed on dense synthetic images: COCOeval_opt (faster-coco-eval's C++ COCOeval,
+Evaluation speed on dense synthetic images: faster-coco-eval's C++ COCOeval (imported by d2_nucleus.evaluation.coco_eval,
 what NucleusEvaluator uses) vs pycocotools' Python COCOeval, plus label-map painting and the
 whole NucleusEvaluator pass.
 
@@ -11,12 +11,12 @@ of most nuclei plus duplicates and false positives, random scores. Masks are COC
 Measured (wall time, best of ``--repeats``; pycocotools once, it is slow):
 
 1. COCO segm evaluation, evaluate() + accumulate(), maxDets [100, dets]: pycocotools COCOeval vs
-   COCOeval_opt; the precision arrays must be identical (max |difference| is printed) and so
+   faster-coco-eval; the precision arrays must be identical (max |difference| is printed) and so
    AP, AP50 and the challenge AP50@100;
 2. one label map of all detections of an image: ``rles_to_label_map`` (paints the RLE runs) vs
    decoding every RLE with pycocotools into a full-size mask and painting it inside its box;
 3. NucleusEvaluator: process() of every image (RLEs, label maps, AJI/PQ/Dice at score >= 0.5)
-   + evaluate() (bbox and segm COCOeval_opt).
+   + evaluate() (bbox and segm faster-coco-eval).
 
     python bench/bench_evaluation.py [--images 6] [--dets 2000] [--nuclei 400] [--size 1000]
 """
@@ -122,7 +122,7 @@ def main():
     diff = np.abs(e_fast.eval["precision"] - e_slow.eval["precision"]).max()
     print("\n1. COCO segm evaluate + accumulate, maxDets [100, %d]" % args.dets)
     print(f"   pycocotools COCOeval : {min(slow_times):8.2f} s")
-    print(f"   COCOeval_opt         : {min(fast_times):8.2f} s   ({min(slow_times) / min(fast_times):.1f}x faster)")
+    print(f"   faster-coco-eval     : {min(fast_times):8.2f} s   ({min(slow_times) / min(fast_times):.1f}x faster)")
     print(f"   max |precision difference| = {diff:.3g}")
     for name, iou, md in (("AP", None, args.dets), ("AP50", 0.5, args.dets), ("AP50@100", 0.5, 100)):
         a = coco_average_precision(e_fast, iou, "all", md) * 100

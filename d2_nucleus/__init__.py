@@ -1,16 +1,24 @@
 # -*- coding: utf-8 -*-
-"""d2_nucleus: nucleus instance segmentation of H&E images on Detectron2."""
-import warnings
+"""
+d2_nucleus: nucleus instance segmentation of H&E images on Detectron2.
 
-# Detectron2 v0.6 decorates a few helpers with torch.jit.script, which torch>=2.9 warns about at
-# every import; the helpers work, the warning only clutters every CLI's output.
-warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
-
-from . import compat  # noqa: E402,F401  (runtime fixes for Detectron2 v0.6; first)
-from .config import add_nucleus_config, get_nucleus_cfg  # noqa: E402
-from .data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
-from . import modeling  # noqa: F401  (registers NucleusRCNN, MaskScoringROIHeads, MaskIoUHead)
-from .evaluation import NucleusEvaluator
-from .engine import NucleusTrainer
+``import d2_nucleus`` is light: it imports neither torch nor Detectron2, so data preparation
+(``tools/prepare_data.py`` and its worker processes) and every CLI's ``--help`` never pay for
+them. The names below are imported on first use (PEP 562); the Detectron2 registrations
+(``NucleusRCNN``, ``MaskScoringROIHeads``, ``MaskIoUHead``) happen when
+:mod:`d2_nucleus.modeling` is imported, which the trainer and the predictor do.
+"""
+from .utils.lazy import lazy_attributes
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    ".config": ("add_nucleus_config", "get_nucleus_cfg"),
+    ".data.datasets": ("register_nucleus_datasets", "resolve_data_root"),
+    ".data.dataset_mapper": ("NucleusDatasetMapper",),
+    ".evaluation.nucleus_evaluation": ("NucleusEvaluator",),
+    ".engine.trainer": ("NucleusTrainer",),
+    ".engine.predictor": ("NucleusPredictor",),
+}
+__all__ = sorted(n for names in _LAZY.values() for n in names) + ["__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

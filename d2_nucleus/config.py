@@ -62,7 +62,8 @@ def add_nucleus_config(cfg):
     # ---------------------------------------------------------------------------------------------
     # Speed on CPU
     # ---------------------------------------------------------------------------------------------
-    # bfloat16 autocast for the forward pass on CPU (AVX-512 BF16 / AMX CPUs).
+    # bfloat16 autocast on CPU (AVX-512 BF16 / AMX CPUs) around each whole training step (forward,
+    # loss, backward) and around evaluation and prediction.
     cfg.SOLVER.CPU_BF16 = False
     # Channels-last memory format for the model and images.
     cfg.MODEL.CHANNELS_LAST = False

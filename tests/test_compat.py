@@ -27,10 +27,31 @@ def test_detectron2_imports_without_d2_nucleus():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr
-    try:
-        import detectron2._C  # noqa: F401
-    except ImportError:  # our install: faster-coco-eval stands in for the C++ COCOeval
-        assert "faster_coco_eval" in r.stdout
+
+
+def test_evaluator_uses_faster_coco_eval_whatever_detectron2():
+    """COCOeval comes from faster-coco-eval itself, not from the installed Detectron2's
+    COCOeval_opt (the install patch no longer rebinds it)."""
+    from faster_coco_eval.core.faster_eval_api import COCOeval_faster
+    from pycocotools.coco import COCO
+
+    from d2_nucleus.evaluation.coco_eval import evaluate_coco
+
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 1, "height": 10, "width": 10}], "categories": [{"id": 1, "name": "x"}],
+                  "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "area": 16,
+                                   "iscrowd": 0}]}
+    gt.createIndex()
+    ev = evaluate_coco(gt, [{"image_id": 1, "category_id": 1, "bbox": [1, 1, 4, 4], "score": 0.9}], "bbox",
+                       max_dets=[100])
+    assert isinstance(ev, COCOeval_faster)
+    assert ev.eval["precision"][0, :, 0, 0, 0].min() == pytest.approx(1.0)
+
+
+def test_install_patch_leaves_coco_eval_to_d2_nucleus():
+    with open(os.path.join(ROOT, "tools", "patches", "detectron2-v0.6-no-extension.patch")) as f:
+        patch = f.read()
+    assert "faster_coco_eval" not in patch
 
 
 def test_installer_is_idempotent():

@@ -344,3 +344,50 @@ def test_checkpoint_with_pickled_code_refused(raw, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(path) in err and "refusing" in err
     assert not os.path.exists(tmp_path / "a.json")
+
+
+@pytest.mark.parametrize("name", ["../../x.png", "/etc/x.png", "sub/x.png", ".hidden.png"])
+def test_ids_names_outside_the_folder_refused(weights, raw, tmp_path, capsys, name):
+    """test_img_ids.json is parsed by the strict parser of data preparation: an entry cannot
+    make predict read a file outside the image folder."""
+    outside = tmp_path / "x.png"
+    cv2.imwrite(str(outside), np.zeros((8, 8, 3), np.uint8))
+    ids = _ids(raw)
+    ids[0]["file_name"] = name
+    ids_file = os.path.join(raw, "test_img_ids.json")
+    with open(ids_file, "w") as f:
+        json.dump(ids, f)
+    out = tmp_path / "answer.json"
+    for args in (["--input", ids_file], ["--input", os.path.join(raw, "test"), "--ids", ids_file]):
+        assert predict(weights, *args, "--output", out, "--skip-bad") == 2
+        err = capsys.readouterr().err
+        assert "file_name must be a plain file name" in err and "test_img_ids.json" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not os.path.exists(out)
+    with pytest.raises(ValueError, match="plain file name"):
+        list_inputs(ids_file)
+
+
+def test_detection_cap_named_per_image(weights, raw, tmp_path, caplog):
+    image = os.path.join(raw, "test", _ids(raw)[0]["file_name"])
+    with caplog.at_level("WARNING", logger="d2_nucleus.engine.prediction"):
+        assert predict(weights, "--input", image, "--output", tmp_path / "a.json", "--max-dets", "5") == 0
+    notices = [r.getMessage() for r in caplog.records if "DETECTIONS_PER_IMAGE" in r.getMessage()]
+    assert len(notices) == 1 and image in notices[0] and "\n" not in notices[0]
+    assert len(json.load(open(tmp_path / "a.json"))) == 5
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="d2_nucleus.engine.prediction"):
+        assert predict(weights, "--input", image, "--output", tmp_path / "b.json", "--max-dets", "1000") == 0
+    assert not [r for r in caplog.records if "DETECTIONS_PER_IMAGE" in r.getMessage()]
+
+
+def test_huge_image_one_line_error(weights, tmp_path, capsys, monkeypatch):
+    from d2_nucleus.data import image_io
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "huge.png"), np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(image_io, "MAX_IMAGE_PIXELS", 1000)
+    assert predict(weights, "--input", folder, "--output", tmp_path / "a.json") == 2
+    err = capsys.readouterr().err.strip()
+    assert "huge.png" in err and "64x64" in err and len(err.splitlines()) == 1

@@ -10,9 +10,11 @@ without ``detectron2/layers/csrc``, so its own setup.py cannot build. This scrip
    CUDA/C++ ops), and any Detectron2 this script already installed;
 2. otherwise downloads the sdist with pip (the user's index settings apply, the hash is pinned),
    applies ``tools/patches/detectron2-v0.6-no-extension.patch`` (no C++ extension, lazy ``_C``
-   for the few ops that need it, faster-coco-eval instead of the C++ COCOeval, and fixes for
-   Pillow>=10, setuptools>=82, numpy>=1.24 and Python 3.11), and installs it with
-   ``pip install --no-deps --no-build-isolation``;
+   for the few ops that need it -- rotated boxes, deformable convolution, ``COCOeval_opt``; d2_nucleus
+   evaluates with faster-coco-eval itself -- and fixes for Pillow>=10, setuptools>=82,
+   numpy>=1.24 and Python 3.11), and installs it with ``pip install --no-deps
+   --no-build-isolation`` as version ``0.6+d2nucleus`` (v0.6's setup.py appends
+   ``$D2_VERSION_SUFFIX``; ``pip show pb1-detectron2`` tells the patched build from others);
 3. checks the result in a fresh interpreter.
 
 Usage: ``python tools/install_detectron2.py [--force]``. Exits non-zero with a message on failure.
@@ -30,6 +32,8 @@ PATCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "patches",
                      "detectron2-v0.6-no-extension.patch")
 # Written into the installed package by the patch: tells our own install from any other.
 MARKER_MODULE = "detectron2.utils.missing_extension"
+# PEP 440 local version label of the patched build: pip reports "0.6+d2nucleus".
+VERSION_SUFFIX = "+d2nucleus"
 
 PROBE = r"""
 import importlib, sys
@@ -102,7 +106,7 @@ def install():
         env = dict(os.environ, GIT_CEILING_DIRECTORIES=tmp)
         run(["git", "apply", "--verbose", "-p1", PATCH], cwd=src, env=env)
         run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-             "--no-cache-dir", "-q", src])
+             "--no-cache-dir", "-q", src], env=dict(os.environ, D2_VERSION_SUFFIX=VERSION_SUFFIX))
 
 
 def main():

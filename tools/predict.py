@@ -13,9 +13,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from d2_nucleus.config import get_nucleus_cfg
+from d2_nucleus.utils.cli import quiet_known_warnings
 
 
 def get_parser():
@@ -64,6 +62,10 @@ def get_parser():
 
 
 def setup_cfg(args):
+    import torch
+
+    from d2_nucleus.config import get_nucleus_cfg
+
     cfg = get_nucleus_cfg(args.config_file, args.opts)
     if args.weights is not None:
         cfg.MODEL.WEIGHTS = args.weights
@@ -82,7 +84,8 @@ def setup_cfg(args):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # Import after argument parsing: --help stays fast.
+    # torch and Detectron2 are imported only now: --help and argument errors return at once.
+    quiet_known_warnings()
     from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
 
     try:

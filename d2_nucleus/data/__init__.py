@@ -1,6 +1,12 @@
 # -*- coding: utf-8 -*-
-"""Data: raw nucleus masks -> COCO, the prepared layout, and its Detectron2 registration."""
-from .datasets import register_nucleus_datasets, resolve_data_root
+"""
+Data: raw nucleus masks -> COCO, the prepared layout, its Detectron2 registration, the image
+reader and the training mapper.
+
+Data preparation (:mod:`.prepare`, :mod:`.mask2coco`, ...) needs neither torch nor Detectron2;
+the parts that do are imported on first use (PEP 562).
+"""
+from ..utils.lazy import lazy_attributes
 from .mask2coco import masks_to_coco
 from .prepare import prepare_dataset
 from .raw import RawDataError
@@ -9,4 +15,9 @@ from .split import split_image_ids
 from .synthetic import generate_dataset, render_nuclei_image
 from .testset import testset_to_coco
 
-from .dataset_mapper import NucleusDatasetMapper, build_nucleus_augmentation
+_LAZY = {
+    ".datasets": ("register_nucleus_datasets", "resolve_data_root"),
+    ".dataset_mapper": ("NucleusDatasetMapper", "build_nucleus_augmentation"),
+    ".image_io": ("BadImageError", "read_image"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -15,6 +15,7 @@ from fvcore.transforms.transform import CropTransform
 
 from ..utils import rle as rle_util
 from ..utils.label_map import annotations_to_label_map
+from .image_io import read_image
 from .transforms import RandomRot90, RandomStainJitter
 
 __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_map"]
@@ -71,7 +72,7 @@ class NucleusDatasetMapper(DatasetMapper):
 
     def __call__(self, dataset_dict):
         dataset_dict = copy.copy(dataset_dict)  # annotations are read, never modified in place
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)  # the one image reader
         utils.check_image_size(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)

@@ -13,15 +13,10 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .layout import CLASSES, DATASET_SPLITS, annotation_file, image_dir
+
 __all__ = ["DATASET_SPLITS", "DATA_ROOT_ENV", "DEFAULT_DATA_ROOT", "resolve_data_root", "register_nucleus_datasets"]
 
-#: Detectron2 dataset name -> split folder of the prepared layout
-DATASET_SPLITS = {
-    "nucleus_train": "train",
-    "nucleus_val": "val",
-    "nucleus_all_train": "all_train",
-    "nucleus_test": "test",
-}
 DATA_ROOT_ENV = "D2_NUCLEUS_DATA"
 DEFAULT_DATA_ROOT = "datasets/nucleus"
 
@@ -59,14 +54,14 @@ def register_nucleus_datasets(root: Optional[str] = None, cfg=None) -> str:
     """
     root = os.path.abspath(os.path.expanduser(resolve_data_root(root, cfg)))
     for name, split in DATASET_SPLITS.items():
-        json_file = os.path.join(root, "annotations", f"instance_{split}.json")
-        image_root = os.path.join(root, "nucleus_data", split)
+        json_file = annotation_file(root, split)
+        image_root = image_dir(root, split)
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
         if name in MetadataCatalog.list():
             MetadataCatalog.remove(name)
         DatasetCatalog.register(name, functools.partial(_load, json_file, image_root, name))
         MetadataCatalog.get(name).set(
-            thing_classes=["nucleus"], json_file=json_file, image_root=image_root, evaluator_type="coco"
+            thing_classes=list(CLASSES), json_file=json_file, image_root=image_root, evaluator_type="coco"
         )
     return root

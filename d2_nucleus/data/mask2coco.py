@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils import rle as rle_util
+from .layout import CATEGORIES
 from .mask_io import BinaryMask, read_image_size, read_mask
 from .raw import RawDataError, RawTrainImage
 from .report import DataReport
@@ -35,7 +36,6 @@ __all__ = [
     "default_workers",
 ]
 
-CATEGORIES = [{"id": 1, "name": "nucleus", "supercategory": "nucleus"}]
 FORMATS = ("rle", "polygon")
 
 
@@ -50,29 +50,12 @@ def default_workers() -> int:
 def encode_rle(mask: BinaryMask) -> Dict:
     """
     Compressed COCO RLE ({"size": [h, w], "counts": str}) of a non-empty mask, identical to
-    ``pycocotools.mask.encode`` of the full mask but computed from the crop: the run lengths of the
-    columns x0..x0+w-1 (column-major, as COCO counts them), plus the all-zero columns around them.
+    ``pycocotools.mask.encode`` of the full mask but computed from the crop
+    (:func:`d2_nucleus.utils.rle.encode_box_masks`).
     """
-    H, W = mask.height, mask.width
-    h, w = mask.crop.shape
-    if h == 0:
+    if mask.crop.shape[0] == 0:
         raise ValueError("cannot encode an empty mask")
-    strip = np.zeros((w, H), np.uint8)  # columns x0..x0+w-1, each of full height, as rows
-    strip[:, mask.y0 : mask.y0 + h] = mask.crop.T
-    flat = strip.ravel()
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], change, [flat.size]))).tolist()
-    if flat[0]:
-        runs.insert(0, 0)  # COCO counts start with a (possibly empty) run of zeros
-    runs[0] += mask.x0 * H
-    after = (W - mask.x0 - w) * H
-    if flat[-1]:
-        if after:
-            runs.append(after)
-    else:
-        runs[-1] += after
-    rle = rle_util.fr_py_objects({"size": [H, W], "counts": runs}, H, W)
-    return {"size": [H, W], "counts": rle["counts"].decode("ascii")}
+    return rle_util.encode_box_masks(mask.crop[None], [(mask.x0, mask.y0)], (mask.height, mask.width))[0]
 
 
 def mask_to_polygons(mask: BinaryMask) -> Tuple[List[List[int]], int, int]:

@@ -18,6 +18,7 @@ import shutil
 from typing import Dict, Iterable, Optional
 
 from ..utils.file_io import atomic_output_dir, atomic_write_json, check_target, link_or_copy
+from .layout import CLASSES, SPLITS  # the layout is spelled in .layout
 from .mask2coco import coco_dict, masks_to_coco
 from .raw import RawDataError, scan_train
 from .report import DataReport
@@ -35,8 +36,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("all_train", "train", "val", "test")
-CLASSES = ("nucleus",)
 
 
 def subset_coco(coco: Dict, image_ids: Iterable[int], description: str = "") -> Dict:

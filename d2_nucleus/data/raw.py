@@ -24,6 +24,7 @@ __all__ = [
     "is_ignored_entry",
     "natural_key",
     "scan_train",
+    "parse_test_img_ids",
     "read_test_img_ids",
 ]
 
@@ -141,9 +142,67 @@ def scan_train(raw_root: str) -> RawTrainSet:
     return RawTrainSet(raw_root, images, warnings, ignored)
 
 
+def parse_test_img_ids(json_file: str) -> List[Dict]:
+    """
+    Read a ``test_img_ids.json`` strictly: the one parser of that file (data preparation and
+    prediction both call it).
+
+    Returns:
+        entries in file order, each {"file_name", "id", "height", "width"}; every file_name is a
+        plain, visible file name (no folder part, so it can never point outside the folder it is
+        looked up in), ids and names unique, sizes positive.
+
+    Raises:
+        RawDataError: missing or malformed file, a bad entry, duplicate ids or names.
+    """
+    if not os.path.isfile(json_file):
+        raise RawDataError(json_file, "missing test image list")
+    try:
+        with open(json_file, "rb") as f:
+            entries = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise RawDataError(json_file, f"not valid JSON ({e})") from None
+    if not isinstance(entries, list):
+        raise RawDataError(json_file, "expected a list of {file_name, id, height, width}")
+    out, ids, names = [], set(), set()
+    for i, e in enumerate(entries):
+        where = f"entry {i}"
+        if not isinstance(e, dict):
+            raise RawDataError(json_file, f"{where} is not an object")
+        for key in ("file_name", "id", "height", "width"):
+            if key not in e:
+                raise RawDataError(json_file, f"{where} has no '{key}'")
+        name = e["file_name"]
+        if (
+            not isinstance(name, str)
+            or not name
+            or os.path.basename(name) != name
+            or name in (".", "..")
+            or "\\" in name
+            or "\0" in name
+            or is_ignored_entry(name)
+        ):
+            raise RawDataError(json_file, f"{where}: file_name must be a plain file name, got {name!r}")
+        for key in ("id", "height", "width"):
+            v = e[key]
+            if isinstance(v, bool) or not isinstance(v, int) or (key != "id" and v <= 0):
+                raise RawDataError(json_file, f"{where} ({name}): '{key}' must be a positive integer, got {v!r}")
+        if e["id"] in ids:
+            raise RawDataError(json_file, f"{where} ({name}): duplicate id {e['id']}")
+        if name in names:
+            raise RawDataError(json_file, f"{where}: duplicate file_name {name}")
+        ids.add(e["id"])
+        names.add(name)
+        out.append({"file_name": name, "id": e["id"], "height": e["height"], "width": e["width"]})
+    if not out:
+        raise RawDataError(json_file, "lists no test images")
+    return out
+
+
 def read_test_img_ids(raw_root: str) -> Tuple[List[Dict], List[str]]:
     """
-    Read and check ``<raw_root>/test_img_ids.json`` against ``<raw_root>/test/``.
+    Read and check ``<raw_root>/test_img_ids.json`` (:func:`parse_test_img_ids`) against
+    ``<raw_root>/test/``.
 
     Returns:
         (entries in file order, each {"file_name", "id", "height", "width"}; warnings)
@@ -157,40 +216,12 @@ def read_test_img_ids(raw_root: str) -> Tuple[List[Dict], List[str]]:
         raise RawDataError(json_file, "missing test image list")
     if not os.path.isdir(test_dir):
         raise RawDataError(test_dir, "missing test/ folder")
-    try:
-        with open(json_file, "rb") as f:
-            entries = json.loads(f.read().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RawDataError(json_file, f"not valid JSON ({e})") from None
-    if not isinstance(entries, list):
-        raise RawDataError(json_file, "expected a list of {file_name, id, height, width}")
-    out, ids, names = [], set(), set()
-    for i, e in enumerate(entries):
-        where = f"entry {i}"
-        if not isinstance(e, dict):
-            raise RawDataError(json_file, f"{where} is not an object")
-        for key in ("file_name", "id", "height", "width"):
-            if key not in e:
-                raise RawDataError(json_file, f"{where} has no '{key}'")
-        name = e["file_name"]
-        if not isinstance(name, str) or not name or os.path.basename(name) != name or is_ignored_entry(name):
-            raise RawDataError(json_file, f"{where}: file_name must be a plain file name, got {name!r}")
-        for key in ("id", "height", "width"):
-            v = e[key]
-            if isinstance(v, bool) or not isinstance(v, int) or (key != "id" and v <= 0):
-                raise RawDataError(json_file, f"{where} ({name}): '{key}' must be a positive integer, got {v!r}")
-        if e["id"] in ids:
-            raise RawDataError(json_file, f"{where} ({name}): duplicate id {e['id']}")
-        if name in names:
-            raise RawDataError(json_file, f"{where}: duplicate file_name {name}")
-        ids.add(e["id"])
-        names.add(name)
-        path = os.path.join(test_dir, name)
+    out = parse_test_img_ids(json_file)
+    for e in out:
+        path = os.path.join(test_dir, e["file_name"])
         if not os.path.isfile(path):
             raise RawDataError(path, f"listed in {json_file} but absent")
-        out.append({"file_name": name, "id": e["id"], "height": e["height"], "width": e["width"]})
-    if not out:
-        raise RawDataError(json_file, "lists no test images")
+    names = {e["file_name"] for e in out}
     visible, _ = _listdir(test_dir)
     warnings = [
         f"{os.path.join(test_dir, n)}: not listed in {json_file}, ignored"

@@ -1,2 +1,15 @@
-from .trainer import NucleusTrainer
-from .predictor import NucleusPredictor, list_inputs, read_image, run_prediction
+# -*- coding: utf-8 -*-
+"""
+Training (:class:`NucleusTrainer`) and prediction (:class:`NucleusPredictor`, its inputs, the run).
+Names are imported on first use (PEP 562): prediction does not load the trainer.
+"""
+from ..utils.lazy import lazy_attributes
+
+_LAZY = {
+    ".trainer": ("NucleusTrainer",),
+    ".predictor": ("NucleusPredictor",),
+    ".inputs": ("IMAGE_EXTENSIONS", "ImageItem", "list_inputs"),
+    ".prediction": ("PredictionSummary", "check_outputs", "run_prediction"),
+    "..data.image_io": ("BadImageError", "read_image"),
+}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

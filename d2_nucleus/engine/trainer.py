@@ -30,7 +30,8 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     * evaluates with :class:`NucleusEvaluator` (dense COCO AP, the challenge AP50@100, AJI, PQ);
     * keeps ``model_best.pth`` by ``cfg.TEST.BEST_METRIC``;
     * saves and restores the optimizer state on resume (see :mod:`d2_nucleus.compat`);
-    * optionally runs the forward pass under bfloat16 autocast on CPU (``cfg.SOLVER.CPU_BF16``).
+    * optionally runs each training step (forward, loss and backward) and the evaluation under
+      bfloat16 autocast on CPU (``cfg.SOLVER.CPU_BF16``).
     """
 
     def __init__(self, cfg):

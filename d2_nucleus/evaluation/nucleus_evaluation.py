@@ -1,6 +1,11 @@
 # -*- coding: utf-8 -*-
 """
 NucleusEvaluator: dense COCO AP, the challenge metric and AJI / PQ / Dice in one pass.
+
+The evaluator only orchestrates; each step has its own module: the ground truth
+(:mod:`.coco_ground_truth`), the COCO results (:mod:`.coco_results`, shared with
+``tools/predict.py``'s answer.json), COCOeval (:mod:`.coco_eval`) and the label-map metrics
+(:mod:`.nucleus_metrics`).
 """
 import contextlib
 import copy
@@ -9,39 +14,27 @@ import itertools
 import logging
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 from tabulate import tabulate
 
 import detectron2.utils.comm as comm
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.evaluation.fast_eval_api import COCOeval_opt
-from detectron2.structures import BoxMode
 from detectron2.utils.logger import create_small_table
 
 from ..utils.file_io import atomic_write_json
-from ..utils.label_map import annotations_to_label_map, rles_to_label_map
-from ..utils import rle as rle_util
-from ..utils.rle import to_compressed_rle
-from .nucleus_metrics import NUCLEUS_METRIC_NAMES, compute_nucleus_metrics
+from .coco_eval import COCO_METRIC_NAMES, coco_metric, evaluate_coco
+from .coco_ground_truth import build_coco_ground_truth, dataset_image_ids
+from .coco_results import instance_rles, instances_to_coco_json
+from .nucleus_metrics import NUCLEUS_METRIC_NAMES, image_nucleus_metrics
 
-__all__ = ["NucleusEvaluator", "build_coco_ground_truth", "evaluate_coco", "coco_average_precision"]
+__all__ = ["NucleusEvaluator"]
 
-COCO_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-# (IoU threshold or None = mean over 0.50:0.95, area range) of each COCO metric
-_COCO_METRIC_DEFS = {
-    "AP": (None, "all"),
-    "AP50": (0.5, "all"),
-    "AP75": (0.75, "all"),
-    "APs": (None, "small"),
-    "APm": (None, "medium"),
-    "APl": (None, "large"),
-}
+_BACKENDS = {True: "faster-coco-eval", False: "pycocotools"}
 
 
 class NucleusEvaluator(DatasetEvaluator):
@@ -110,8 +103,8 @@ class NucleusEvaluator(DatasetEvaluator):
             label_map_score_thresh: lowest score of a detection painted into the predicted
                 label map for AJI / PQ / Dice (default: cfg, else 0.5).
             nucleus_metrics: compute AJI / PQ / Dice (default: cfg, else True).
-            use_fast_impl: COCOeval_opt (faster-coco-eval's C++ COCOeval without Detectron2's
-                extension; same numbers) instead of pycocotools' Python COCOeval.
+            use_fast_impl: faster-coco-eval's C++ COCOeval (same numbers, whichever Detectron2
+                is installed) instead of pycocotools' Python COCOeval.
         """
         self._logger = logging.getLogger(__name__)
         test = cfg.TEST if cfg is not None else None
@@ -148,7 +141,7 @@ class NucleusEvaluator(DatasetEvaluator):
         )
         # per image: what the nucleus metrics need
         self._gt_images = {}
-        for d, image_id in zip(dataset_dicts, _dataset_image_ids(dataset_dicts)):
+        for d, image_id in zip(dataset_dicts, dataset_image_ids(dataset_dicts)):
             if self._do_evaluation and "annotations" in d:
                 self._gt_images[self._image_id_to_coco[image_id]] = d
         with contextlib.redirect_stdout(io.StringIO()):
@@ -177,8 +170,8 @@ class NucleusEvaluator(DatasetEvaluator):
             instances = output["instances"].to(self._cpu_device)
             height = int(input.get("height", instances.image_size[0]))
             width = int(input.get("width", instances.image_size[1]))
-            rles = _instance_rles(instances, height, width)
-            results = _instances_to_coco_results(instances, rles, coco_id, self._category_to_coco)
+            rles = instance_rles(instances, height, width)
+            results = instances_to_coco_json(instances, coco_id, self._category_to_coco, rles)
             prediction = {"image_id": coco_id, "instances": results, "has_mask": rles is not None}
             if self._nucleus_metrics and rles is not None and coco_id in self._gt_images:
                 prediction["nucleus"] = self._image_metrics(coco_id, rles, instances, height, width)
@@ -192,14 +185,8 @@ class NucleusEvaluator(DatasetEvaluator):
                 f"{d.get('file_name', coco_id)}: predictions are {height}x{width}, "
                 f"ground truth is {gt_h}x{gt_w}"
             )
-        gt_map = annotations_to_label_map(d["annotations"], gt_h, gt_w)
-        scores = instances.scores.numpy()
-        keep = np.flatnonzero(scores >= self._score_thresh)
-        pred_map = rles_to_label_map([rles[i] for i in keep], height, width, scores[keep])
-        metrics = compute_nucleus_metrics(gt_map, pred_map)
-        metrics["num_gt"] = len(np.unique(gt_map)) - 1
-        metrics["num_pred"] = len(keep)
-        return metrics
+        return image_nucleus_metrics(d["annotations"], rles, instances.scores.numpy(), height, width,
+                                     self._score_thresh)
 
     # ---------------------------------------------------------------------------------------------
     def evaluate(self, img_ids=None):
@@ -243,7 +230,7 @@ class NucleusEvaluator(DatasetEvaluator):
         class_names = self._metadata.get("thing_classes", None)
         for task in tasks:
             self._logger.info(
-                f"Evaluating {task} with {'COCOeval_opt' if self._use_fast_impl else 'pycocotools'}"
+                f"Evaluating {task} with {_BACKENDS[bool(self._use_fast_impl)]}"
                 f" (maxDets {self._challenge_max_dets} and {self._max_dets}) ..."
             )
             coco_eval = evaluate_coco(
@@ -254,9 +241,9 @@ class NucleusEvaluator(DatasetEvaluator):
                 img_ids=coco_img_ids,
                 use_fast_impl=self._use_fast_impl,
             )
-            res = {name: _coco_metric(coco_eval, name, self._max_dets) for name in COCO_METRIC_NAMES}
+            res = {name: coco_metric(coco_eval, name, self._max_dets) for name in COCO_METRIC_NAMES}
             if task == "segm":
-                res[f"AP50@{self._challenge_max_dets}"] = _coco_metric(
+                res[f"AP50@{self._challenge_max_dets}"] = coco_metric(
                     coco_eval, "AP50", self._challenge_max_dets
                 )
             if class_names is not None and len(class_names) > 1:
@@ -288,7 +275,7 @@ class NucleusEvaluator(DatasetEvaluator):
                             "max_dets_per_image": self._max_dets,
                             "challenge_max_dets": self._challenge_max_dets,
                             "label_map_score_thresh": self._score_thresh,
-                            "coco_eval": "COCOeval_opt" if self._use_fast_impl else "pycocotools",
+                            "coco_eval": _BACKENDS[bool(self._use_fast_impl)],
                         },
                         "results": results,
                         "per_image": per_image,
@@ -327,201 +314,6 @@ class NucleusEvaluator(DatasetEvaluator):
             f"Nucleus metrics (mean of {len(per_image)} images):\n" + create_small_table(summary)
         )
         return summary, per_image
-
-
-# -------------------------------------------------------------------------------------------------
-# COCO ground truth and evaluation
-# -------------------------------------------------------------------------------------------------
-def _dataset_image_ids(dataset_dicts: List[Dict]) -> list:
-    """The "image_id" of each dataset dict (its index when absent, as in Detectron2)."""
-    return [d.get("image_id", i) for i, d in enumerate(dataset_dicts)]
-
-
-def build_coco_ground_truth(dataset_dicts: List[Dict], metadata, dataset_name: str = "dataset"):
-    """
-    A COCO ground-truth dict from Detectron2 dataset dicts, in memory.
-
-    Unlike ``detectron2.data.datasets.convert_to_coco_dict`` it accepts any hashable image ids
-    (ints are kept; other ids become 1..N), uncompressed RLE and polygons (all stored as
-    compressed RLE with their pixel area, so boxes and masks are measured as COCOeval sees them)
-    and does not modify the dataset dicts.
-
-    Returns:
-        (coco_dict, image_id -> COCO image id, COCO image id -> image_id,
-        contiguous category id -> COCO category id)
-    """
-    ids = _dataset_image_ids(dataset_dicts)
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"dataset '{dataset_name}' has duplicate image ids")
-    if all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        to_coco = {i: int(i) for i in ids}
-    else:
-        to_coco = {i: k + 1 for k, i in enumerate(ids)}
-
-    if hasattr(metadata, "thing_dataset_id_to_contiguous_id"):
-        category_to_coco = {v: int(k) for k, v in metadata.thing_dataset_id_to_contiguous_id.items()}
-    else:
-        category_to_coco = None
-    class_names = metadata.get("thing_classes", None)
-    if class_names is None:
-        used = {a["category_id"] for d in dataset_dicts for a in d.get("annotations", [])}
-        class_names = [str(i) for i in range(max(used) + 1)] if used else ["object"]
-    if category_to_coco is None:
-        category_to_coco = {i: i for i in range(len(class_names))}
-    categories = [{"id": category_to_coco[i], "name": n} for i, n in enumerate(class_names)]
-
-    images, annotations = [], []
-    for d, image_id in zip(dataset_dicts, ids):
-        h, w = int(d["height"]), int(d["width"])
-        coco_id = to_coco[image_id]
-        images.append({"id": coco_id, "height": h, "width": w, "file_name": str(d.get("file_name", ""))})
-        for a in d.get("annotations", []):
-            ann = {
-                "id": len(annotations) + 1,
-                "image_id": coco_id,
-                "iscrowd": int(a.get("iscrowd", 0)),
-            }
-            cat = a["category_id"]
-            if cat not in category_to_coco:
-                raise ValueError(
-                    f"dataset '{dataset_name}', {d.get('file_name', image_id)}: "
-                    f"category_id {cat} is not one of the {len(class_names)} classes"
-                )
-            ann["category_id"] = category_to_coco[cat]
-            if "segmentation" in a:
-                rle = dict(to_compressed_rle(a["segmentation"], h, w))
-                if [int(s) for s in rle["size"]] != [h, w]:
-                    raise ValueError(
-                        f"dataset '{dataset_name}', {d.get('file_name', image_id)}: mask size "
-                        f"{list(rle['size'])} differs from the image's {[h, w]}"
-                    )
-                if isinstance(rle["counts"], bytes):
-                    rle["counts"] = rle["counts"].decode("ascii")
-                ann["segmentation"] = rle
-                ann["area"] = float(rle_util.area(rle))
-            if "bbox" in a:
-                bbox = BoxMode.convert(list(a["bbox"]), a["bbox_mode"], BoxMode.XYWH_ABS)
-                ann["bbox"] = [float(x) for x in bbox]
-            elif "segmentation" in ann:
-                ann["bbox"] = [float(x) for x in rle_util.to_bbox(ann["segmentation"])]
-            else:
-                raise ValueError(f"dataset '{dataset_name}': an annotation has no bbox or mask")
-            if "area" not in ann:
-                ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
-            annotations.append(ann)
-    coco_dict = {"images": images, "annotations": annotations, "categories": categories}
-    return coco_dict, to_coco, {v: k for k, v in to_coco.items()}, category_to_coco
-
-
-def evaluate_coco(coco_gt: COCO, coco_results: List[Dict], iou_type: str, max_dets, img_ids=None,
-                  use_fast_impl: bool = True):
-    """
-    Run COCOeval (evaluate + accumulate, no summarize) with ``params.maxDets = max_dets``.
-
-    As in Detectron2, segm results lose their "bbox" so that area ranges use the mask area;
-    bbox results are evaluated on their boxes. Empty results are fine (AP 0).
-    """
-    results = copy.deepcopy(coco_results)
-    if iou_type == "segm":
-        for r in results:
-            r.pop("bbox", None)
-    else:
-        for r in results:
-            r.pop("segmentation", None)
-    with contextlib.redirect_stdout(io.StringIO()):
-        if results:
-            coco_dt = coco_gt.loadRes(results)
-        else:
-            coco_dt = COCO()
-            coco_dt.dataset = {
-                "images": coco_gt.dataset["images"],
-                "categories": coco_gt.dataset["categories"],
-                "annotations": [],
-            }
-            coco_dt.createIndex()
-        coco_eval = (COCOeval_opt if use_fast_impl else COCOeval)(coco_gt, coco_dt, iou_type)
-        coco_eval.params.maxDets = sorted({int(m) for m in max_dets})
-        if img_ids is not None:
-            coco_eval.params.imgIds = list(img_ids)
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-    return coco_eval
-
-
-def coco_average_precision(coco_eval, iou_thr=None, area="all", max_dets=100) -> float:
-    """
-    AP (fraction; -1 entries ignored, NaN if none is valid) from an accumulated COCOeval's
-    precision array [IoU, recall, class, area, maxDets]; ``iou_thr=None`` averages 0.50:0.95.
-    """
-    p = coco_eval.params
-    s = coco_eval.eval["precision"]
-    if iou_thr is not None:
-        s = s[np.flatnonzero(np.isclose(np.asarray(p.iouThrs), iou_thr))]
-    s = s[:, :, :, list(p.areaRngLbl).index(area), list(p.maxDets).index(max_dets)]
-    valid = s[s > -1]
-    return float(valid.mean()) if valid.size else float("nan")
-
-
-def _coco_metric(coco_eval, name, max_dets) -> float:
-    iou_thr, area = _COCO_METRIC_DEFS[name]
-    return coco_average_precision(coco_eval, iou_thr, area, max_dets) * 100
-
-
-# -------------------------------------------------------------------------------------------------
-# Predictions
-# -------------------------------------------------------------------------------------------------
-def _instance_rles(instances, height, width) -> Optional[List[Dict]]:
-    """Compressed RLEs (str counts) of the instances' masks, or None without masks."""
-    if instances.has("pred_rles"):
-        rles = []
-        for r in instances.pred_rles:
-            counts = r["counts"]
-            rles.append({"size": [int(s) for s in r["size"]],
-                         "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts})
-    elif instances.has("pred_masks"):
-        masks = instances.pred_masks
-        if masks.dim() == 4:
-            masks = masks[:, 0]
-        if len(masks) and tuple(masks.shape[-2:]) != (height, width):
-            raise ValueError(
-                f"pred_masks are {tuple(masks.shape[-2:])}, the image is {(height, width)}: "
-                "the masks must be pasted into the image (detector_postprocess)"
-            )
-        if masks.dtype != torch.bool:
-            masks = masks >= 0.5
-        rles = []
-        for m in masks.numpy():
-            r = rle_util.encode(m)
-            r["counts"] = r["counts"].decode("ascii")
-            rles.append(r)
-    else:
-        return None
-    for r in rles:
-        if r["size"] != [height, width]:
-            raise ValueError(f"a predicted mask is {r['size']}, the image is {[height, width]}")
-    return rles
-
-
-def _instances_to_coco_results(instances, rles, coco_image_id, category_to_coco) -> List[Dict]:
-    n = len(instances)
-    if n == 0:
-        return []
-    boxes = BoxMode.convert(instances.pred_boxes.tensor.numpy(), BoxMode.XYXY_ABS, BoxMode.XYWH_ABS)
-    boxes = boxes.tolist()
-    scores = instances.scores.tolist()
-    classes = instances.pred_classes.tolist()
-    results = []
-    for k in range(n):
-        r = {
-            "image_id": coco_image_id,
-            "category_id": category_to_coco[classes[k]],
-            "bbox": boxes[k],
-            "score": scores[k],
-        }
-        if rles is not None:
-            r["segmentation"] = rles[k]
-        results.append(r)
-    return results
 
 
 # -------------------------------------------------------------------------------------------------

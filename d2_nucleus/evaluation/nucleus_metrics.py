@@ -20,11 +20,14 @@ so the cost is O(H*W) plus a sort of the overlapping pixels, never a loop over p
 Values are fractions in [0, 1]. When both maps are empty every metric is undefined (NaN);
 when exactly one is empty they are all 0.
 """
-from typing import Dict, NamedTuple
+from typing import Dict, List, NamedTuple, Sequence
 
 import numpy as np
 
+from ..utils.label_map import annotations_to_label_map, rles_to_label_map
+
 __all__ = [
+    "image_nucleus_metrics",
     "InstanceContingency",
     "instance_contingency",
     "aggregated_jaccard_index",
@@ -173,3 +176,27 @@ def compute_nucleus_metrics(gt: np.ndarray, pred: np.ndarray) -> Dict[str, float
     out.update(panoptic_quality(t))
     out["Dice"] = dice_coefficient(t)
     return {k: float(out[k]) for k in NUCLEUS_METRIC_NAMES}
+
+
+def image_nucleus_metrics(
+    gt_annotations: List[Dict],
+    rles: Sequence[Dict],
+    scores: np.ndarray,
+    height: int,
+    width: int,
+    score_thresh: float = 0.5,
+) -> Dict[str, float]:
+    """
+    The metrics of one image from its ground-truth annotations (Detectron2 dataset-dict or COCO)
+    and its predicted masks (COCO RLEs with their scores): the predictions scoring at least
+    ``score_thresh`` are painted into one label map, higher score on top; adds ``num_gt`` and
+    ``num_pred``.
+    """
+    gt_map = annotations_to_label_map(gt_annotations, height, width)
+    scores = np.asarray(scores)
+    keep = np.flatnonzero(scores >= score_thresh)
+    pred_map = rles_to_label_map([rles[i] for i in keep], height, width, scores[keep])
+    metrics = compute_nucleus_metrics(gt_map, pred_map)
+    metrics["num_gt"] = len(np.unique(gt_map)) - 1
+    metrics["num_pred"] = len(keep)
+    return metrics

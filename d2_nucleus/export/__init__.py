@@ -1,7 +1,15 @@
 # -*- coding: utf-8 -*-
-"""Writers for predictions: answer.json/zip, QuPath GeoJSON, label maps and overlays."""
-from .answer import ANSWER_NAME, instances_to_coco_json, write_answer
+"""
+Writers for predictions: answer.json/zip, QuPath GeoJSON, label maps, overlays, and the
+per-image outputs of a prediction run. Only answer.json (the COCO converter) needs Detectron2;
+it is imported on first use (PEP 562).
+"""
 from ..utils.file_io import OutputExistsError, atomic_write, check_writable
-from .geojson import mask_to_polygon, rle_to_box_mask, rles_to_geojson, write_geojson
+from ..utils.lazy import lazy_attributes
+from .geojson import mask_to_polygon, rles_to_geojson, write_geojson
+from .image_outputs import image_output_paths, write_image_outputs
 from .label_maps import label_map_path, write_label_map
 from .overlay import draw_overlay, write_overlay
+
+_LAZY = {".answer": ("ANSWER_NAME", "instances_to_coco_json", "write_answer")}
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -14,14 +14,10 @@ import numpy as np
 from ..utils.rle import to_box_mask
 from ..utils.file_io import atomic_write
 
-__all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]
+__all__ = ["mask_to_polygon", "rles_to_geojson", "write_geojson"]
 
 # QuPath's default colour of the "Nucleus" class (packed RGB, as QuPath writes it).
 _NUCLEUS_COLOR = [160, 90, 160]
-
-
-# Box-local decoding lives in the RLE module; kept under this name for existing callers.
-rle_to_box_mask = to_box_mask
 
 
 def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[float]]:
@@ -60,7 +56,7 @@ def rles_to_geojson(
     """
     features = []
     for i, rle in enumerate(rles):
-        crop = rle_to_box_mask(rle)
+        crop = to_box_mask(rle)
         if crop is None:
             continue
         properties = {

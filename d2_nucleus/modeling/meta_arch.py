@@ -14,9 +14,10 @@ from .postprocessing import nucleus_postprocess
 __all__ = ["NucleusRCNN"]
 
 
-# The per-detection heads of ROI heads, as attributes that turn them off (Detectron2's, and the
-# MaskIoU head of d2_nucleus.modeling.mask_scoring).
-PER_DETECTION_HEADS = ("mask_on", "keypoint_on", "maskiou_on")
+# The flags that turn off the per-detection heads of Detectron2's ROI heads (the ones its
+# GeneralizedRCNNWithTTA turns off for box-only passes). ROI heads with further per-detection heads
+# run them only behind these (MaskScoringROIHeads' MaskIoU head runs inside the mask branch).
+PER_DETECTION_HEADS = ("mask_on", "keypoint_on")
 
 
 @contextlib.contextmanager

@@ -114,39 +114,6 @@ def _paste_chunk(masks, boxes, regions, max_h: int, max_w: int, threshold: float
     return binary & inside
 
 
-def _rle_boundaries(binary: np.ndarray, regions: np.ndarray, img_h: int):
-    """
-    Run boundaries of k box-local binary masks in their images' column-major (Fortran) order.
-
-    Args:
-        binary: (k, h, w) bool, each instance's mask on its region (False beyond it).
-        regions: (k, 4) int64 (x0, y0, x1, y1) of each region in the image.
-
-    Returns:
-        instance index (int64) and position of every boundary (start of a run of ones, then
-        its end), ordered by instance and position; runs that continue from the bottom of one
-        column to the top of the next are joined.
-    """
-    k, h, w = binary.shape
-    # Column-major, with a False row before and after each column so runs never span columns.
-    cols = np.zeros((k, w, h + 2), np.int8)
-    cols[:, :, 1:-1] = binary.transpose(0, 2, 1)
-    inst, col, row = np.nonzero(np.diff(cols, axis=2))  # row = local row of a start / end
-    pos = (regions[inst, 0] + col) * img_h + regions[inst, 1] + row
-    # Boundaries alternate start, end within each instance; an end equal to the next start of
-    # the same instance (a full-height column followed by one starting at row 0) is no boundary.
-    if len(pos) > 2:
-        is_end = np.zeros(len(pos), bool)
-        is_end[1::2] = True
-        join = np.zeros(len(pos), bool)
-        joined = is_end[:-1] & (pos[:-1] == pos[1:]) & (inst[:-1] == inst[1:])
-        join[:-1] |= joined
-        join[1:] |= joined
-        if join.any():
-            inst, pos = inst[~join], pos[~join]
-    return inst, pos
-
-
 def paste_masks_to_rles(
     masks: torch.Tensor,
     boxes: Union[Boxes, torch.Tensor],
@@ -182,39 +149,14 @@ def paste_masks_to_rles(
     heights = regions_np[:, 3] - regions_np[:, 1]
     widths = regions_np[:, 2] - regions_np[:, 0]
 
-    inst_parts, pos_parts = [], []
-    for idx in _chunks(heights, widths, _CHUNK_PIXELS):
-        max_h, max_w = int(heights[idx].max()), int(widths[idx].max())
-        sel = torch.as_tensor(idx, device=masks.device)
-        binary = _paste_chunk(masks[sel], boxes[sel], regions[sel], max_h, max_w, threshold)
-        inst, pos = _rle_boundaries(binary.cpu().numpy(), regions_np[idx], img_h)
-        inst_parts.append(idx[inst])
-        pos_parts.append(pos)
-    inst = np.concatenate(inst_parts)
-    pos = np.concatenate(pos_parts)
-    order = np.argsort(inst, kind="stable")  # by instance; positions stay sorted within one
-    inst, pos = inst[order], pos[order]
+    def parts():
+        for idx in _chunks(heights, widths, _CHUNK_PIXELS):
+            max_h, max_w = int(heights[idx].max()), int(widths[idx].max())
+            sel = torch.as_tensor(idx, device=masks.device)
+            binary = _paste_chunk(masks[sel], boxes[sel], regions[sel], max_h, max_w, threshold)
+            yield idx, binary.cpu().numpy(), regions_np[idx, :2]
 
-    # Uncompressed counts (zeros, ones, zeros, ...) of instance i are the differences of
-    # [0, its boundaries..., H * W]; build all of them with one np.diff.
-    num = np.bincount(inst, minlength=n)
-    ends = np.cumsum(num)
-    first = ends - num + 2 * np.arange(n)  # where each instance's leading 0 goes
-    last = ends + 2 * np.arange(n) + 1  # and its trailing H * W
-    ext = np.empty(len(pos) + 2 * n, np.int64)
-    is_pos = np.ones(len(ext), bool)
-    is_pos[first] = is_pos[last] = False
-    ext[first], ext[last], ext[is_pos] = 0, img_h * img_w, pos
-    counts = np.diff(ext)
-    # No empty run at the end when a mask reaches the last pixel (pycocotools' canonical form).
-    last = last - ((counts[last - 1] == 0) & (last - 1 > first))
-    uncompressed = [
-        {"size": [img_h, img_w], "counts": counts[a:b]} for a, b in zip(first.tolist(), last.tolist())
-    ]
-    rles = rle_util.fr_py_objects(uncompressed, img_h, img_w)
-    for rle in rles:
-        rle["counts"] = rle["counts"].decode("utf-8")
-    return rles
+    return rle_util.encode_box_masks_batched(parts(), n, (img_h, img_w))
 
 
 def nucleus_postprocess(

@@ -8,8 +8,10 @@ __all__ = ["cpu_autocast"]
 
 def cpu_autocast(cfg):
     """
-    bfloat16 autocast for forward passes on the CPU when ``cfg.SOLVER.CPU_BF16`` is set (AVX-512
-    BF16 / AMX CPUs); a no-op otherwise. Used alike by training, evaluation and prediction.
+    bfloat16 autocast on the CPU when ``cfg.SOLVER.CPU_BF16`` is set (AVX-512 BF16 / AMX CPUs); a
+    no-op otherwise. Training wraps each whole step in it (forward, losses and backward: autocast
+    leaves the backward of each op in the dtype its forward ran in), evaluation and prediction
+    their inference.
     """
     if cfg.SOLVER.CPU_BF16 and cfg.MODEL.DEVICE == "cpu":
         return torch.autocast("cpu", dtype=torch.bfloat16)

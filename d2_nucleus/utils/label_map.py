@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from .rle import rle_counts, to_compressed_rle
+from .rle import rle_pixels, to_compressed_rle
 
 __all__ = ["rles_to_label_map", "annotations_to_label_map"]
 
@@ -46,26 +46,17 @@ def rles_to_label_map(
         order = np.arange(n)
     label_map = np.zeros((height, width), dtype=np.int32)
     flat = label_map.reshape(-1)  # a view: C order, index row * width + col
-    num_pixels = height * width
     for i in order:
         rle = rles[i]
         size = [int(s) for s in rle["size"]]
         if size != [height, width]:
             raise ValueError(f"RLE {i} has size {size}, the label map is {[height, width]}")
-        counts = rle_counts(rle)
-        if counts.sum() != num_pixels:
-            raise ValueError(f"RLE {i}: run lengths sum to {counts.sum()}, not {num_pixels} pixels")
-        ends = np.cumsum(counts)
-        lengths = counts[1::2]
-        starts = ends[0::2][: len(lengths)]  # foreground runs start where background runs end
-        keep = lengths > 0
-        lengths, starts = lengths[keep], starts[keep]
-        total = int(lengths.sum())
-        if total == 0:
+        try:
+            p = rle_pixels(rle)  # column-major pixel indices of the mask
+        except ValueError as e:
+            raise ValueError(f"RLE {i}: {e}") from None
+        if p.size == 0:
             continue
-        # column-major pixel index of every foreground pixel
-        offsets = np.cumsum(lengths) - lengths
-        p = np.repeat(starts - offsets, lengths) + np.arange(total)
         idx = (p % height) * width + p // height
         free = idx[flat[idx] == 0]
         flat[free] = i + 1

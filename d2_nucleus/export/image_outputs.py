@@ -1,0 +1,113 @@
+# -*- coding: utf-8 -*-
+"""
+The per-image outputs of a prediction run: overlay (``<stem>.png``), QuPath GeoJSON
+(``<stem>.geojson``), label map (``<stem>.png`` / ``<stem>.tif``) and, on request, per-nucleus
+measurements (:mod:`d2_nucleus.measurements`), each written atomically, of
+the detections scoring at least a threshold and having a non-empty mask.
+"""
+import os
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..utils import rle as rle_util
+from ..utils.file_io import check_writable
+from ..utils.label_map import rles_to_label_map
+from .geojson import rles_to_geojson, write_geojson
+from .label_maps import label_map_path, write_label_map
+from .overlay import draw_overlay, write_overlay
+
+__all__ = ["LABEL_FORMATS", "image_output_paths", "write_image_outputs"]
+
+LABEL_FORMATS = ("png", "tiff")
+
+
+def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geojson_dir: Optional[str] = None,
+                       labels_dir: Optional[str] = None, label_format: str = "png",
+                       overwrite: bool = False) -> Dict[int, Dict[str, Optional[str]]]:
+    """
+    The overlay, GeoJSON and label-map path of each image, checked at once: every folder
+    creatable and writable, no file there unless ``overwrite``, no output name shared by two
+    images.
+
+    Args:
+        stems: image id -> file name without extension.
+        vis_dir, geojson_dir, labels_dir: the output folders (None: no such output).
+
+    Returns:
+        per image id: {"vis", "geojson", "labels"} paths (labels without extension) or None.
+    """
+    if label_format not in LABEL_FORMATS:
+        raise ValueError(f"label format must be 'png' or 'tiff', got {label_format!r}")
+    names = list(stems.values())
+    if len(set(names)) != len(names):
+        dup = sorted({s for s in names if names.count(s) > 1})
+        raise ValueError(f"input images share file names {dup}; per-image outputs would collide")
+    paths = {}
+    for image_id, stem in stems.items():
+        paths[image_id] = {
+            "vis": os.path.join(vis_dir, stem + ".png") if vis_dir else None,
+            "geojson": os.path.join(geojson_dir, stem + ".geojson") if geojson_dir else None,
+            "labels": os.path.join(labels_dir, stem) if labels_dir else None,
+        }
+        for key, path in paths[image_id].items():
+            if path is None:
+                continue
+            for candidate in (path + ".png", path + ".tif") if key == "labels" else (path,):
+                check_writable(candidate, overwrite=overwrite)
+    return paths
+
+
+def write_image_outputs(
+    image_rgb: np.ndarray,
+    rles: Sequence[Dict],
+    scores: Sequence[float],
+    paths: Dict[str, Optional[str]],
+    score_thresh: float = 0.5,
+    label_format: str = "png",
+    overwrite: bool = False,
+    measurements=None,
+    stem: Optional[str] = None,
+    image_name: Optional[str] = None,
+) -> List[str]:
+    """
+    Write the outputs of one image (those of ``paths`` that are not None) for the detections
+    scoring >= ``score_thresh`` with a non-empty mask.
+
+    Args:
+        image_rgb: the image (H x W x 3, RGB) the overlay is drawn on.
+        rles, scores: the image's detections (COCO RLEs of the image's size).
+        measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: writes the
+            measurement table, summary and figure of the same detections as ``<stem>``, and
+            puts their values into the GeoJSON's measurements; ``image_name`` goes into the table.
+
+    Returns:
+        the files written.
+    """
+    if not any(paths.values()) and measurements is None:
+        return []
+    height, width = image_rgb.shape[:2]
+    keep = [i for i, s in enumerate(scores) if s >= score_thresh]
+    # Drop empty masks: they have no outline and no label.
+    keep = [i for i in keep if rle_util.rle_counts(rles[i])[1::2].sum() > 0]
+    rles = [rles[i] for i in keep]
+    scores = [float(scores[i]) for i in keep]
+    label_map = None
+    if paths["vis"] or paths["labels"]:
+        label_map = rles_to_label_map(rles, height, width, scores=scores)
+    written, qupath = [], None
+    if measurements is not None:
+        measured = measurements.write(stem, image_rgb, rles, scores, image_name, overwrite)
+        written += measured["written"]
+        qupath = measured["qupath"]
+    if paths["vis"]:
+        write_overlay(draw_overlay(image_rgb, label_map, count=len(rles)), paths["vis"], overwrite=overwrite)
+        written.append(paths["vis"])
+    if paths["geojson"]:
+        write_geojson(rles_to_geojson(rles, scores, measurements=qupath), paths["geojson"], overwrite=overwrite)
+        written.append(paths["geojson"])
+    if paths["labels"]:
+        path = label_map_path(paths["labels"], len(rles), label_format)
+        write_label_map(label_map, path, overwrite=overwrite)
+        written.append(path)
+    return written
