@@ -73,6 +73,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # Import after argument parsing: --help stays fast.
     from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.utils.file_io import output_transaction
 
     try:
         if not os.path.isfile(args.config_file):
@@ -89,20 +90,22 @@ def main(argv=None):
         export_thresh = args.export_score_thresh
         if export_thresh is None:
             export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
-        summary = run_prediction(
-            predictor,
-            items,
-            output=args.output,
-            zip_output=zip_path,
-            vis_dir=args.vis_dir,
-            geojson_dir=args.geojson_dir,
-            labels_dir=args.labels_dir,
-            label_format=args.label_format,
-            export_score_thresh=export_thresh,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-        )
+        # All outputs (per-image files, answer.json/.zip) appear together at the end, or none.
+        with output_transaction():
+            summary = run_prediction(
+                predictor,
+                items,
+                output=args.output,
+                zip_output=zip_path,
+                vis_dir=args.vis_dir,
+                geojson_dir=args.geojson_dir,
+                labels_dir=args.labels_dir,
+                label_format=args.label_format,
+                export_score_thresh=export_thresh,
+                skip_bad=args.skip_bad,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+            )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2
