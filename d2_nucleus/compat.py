@@ -27,8 +27,10 @@ import torch
 
 try:  # NumPy 2 (numpy.core is a deprecated alias there)
     from numpy._core import multiarray as _np_multiarray
+    from numpy._core.numeric import _frombuffer as _np_frombuffer
 except ImportError:  # NumPy 1
     from numpy.core import multiarray as _np_multiarray
+    from numpy.core.numeric import _frombuffer as _np_frombuffer
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.train_loop import TrainerBase
 
@@ -72,6 +74,9 @@ _SAFE_PICKLE_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
     ("numpy.core.multiarray", "scalar"): _np_multiarray.scalar,
     ("numpy._core.multiarray", "scalar"): _np_multiarray.scalar,
+    # protocol 5 pickles: an array from its raw bytes, dtype and shape
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
     ("collections", "OrderedDict"): collections.OrderedDict,
@@ -119,11 +124,13 @@ def _torch_load(filename: str, f):
         return torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
         text = str(e)
-        if "Weights only load failed" in text and "Unsupported" in text:
-            detail = re.search(r"Unsupported[^\n]*", text)
+        # torch's weights_only unpickler names the global a pickle wants to call; other errors are
+        # damaged or foreign files
+        detail = re.search(r"(unsupported GLOBAL|Unsupported global:?) ([\w.]+)", text)
+        if detail:
             raise WeightsError(
                 f"{filename}: refusing to load a checkpoint that needs arbitrary pickled code "
-                f"(torch.load(weights_only=True): {detail.group(0).strip() if detail else 'unsupported global'}). "
+                f"(torch.load(weights_only=True) refused {detail.group(2)}). "
                 "Re-save it as a plain state dict (torch.save(model.state_dict())) if you trust its origin."
             ) from None
         if data[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(io.BytesIO(data)):
