@@ -15,6 +15,7 @@ import glob
 import os
 import sys
 
+import d2_nucleus  # noqa: F401  (first: its runtime fixes and warning filters apply to Detectron2's imports)
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger

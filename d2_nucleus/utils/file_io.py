@@ -172,6 +172,7 @@ def check_writable_dir(path: str) -> None:
 class _Transaction:
     def __init__(self):
         self.staged: List[Tuple[str, str]] = []  # (temporary path, target)
+        self.created_dirs: List[str] = []  # folders made for staged files, removed again on abort
 
     def commit(self) -> None:
         # Later writes to the same target win, as they would without the transaction.
@@ -188,6 +189,10 @@ class _Transaction:
             with _lock:
                 _live_temps.discard(tmp)
         self.staged = []
+        for folder in sorted(self.created_dirs, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # only if empty
+        self.created_dirs = []
 
 
 _active: Optional[_Transaction] = None
@@ -237,6 +242,12 @@ def atomic_write(path: str, overwrite: bool = False, mode: str = "wb"):
     if os.path.isdir(path):
         raise IsADirectoryError(f"{path}: is a folder, expected a file path")
     folder = os.path.dirname(os.path.abspath(path))
+    with _lock:
+        if _active is not None:
+            missing = folder
+            while not os.path.lexists(missing):
+                _active.created_dirs.append(missing)
+                missing = os.path.dirname(missing)
     os.makedirs(folder, exist_ok=True)
     _clean_once(folder)
     with _lock:
