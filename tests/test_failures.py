@@ -27,7 +27,7 @@ PREDICT = os.path.join(ROOT, "tools", "predict.py")
 PREPARE = os.path.join(ROOT, "tools", "prepare_data.py")
 DEMO = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
 # A few-second CPU run of the demo model
-SMALL = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.CROP.SIZE", "[128, 128]", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+SMALL = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "SOLVER.MAX_ITER", "1", "INPUT.CROP.SIZE", "[128, 128]", "INPUT.MIN_SIZE_TRAIN", "(128,)",
          "SOLVER.IMS_PER_BATCH", "1", "SOLVER.WARMUP_ITERS", "1", "DATALOADER.NUM_WORKERS", "0",
          "MODEL.RPN.POST_NMS_TOPK_TRAIN", "200", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32",
          "TEST.DETECTIONS_PER_IMAGE", "50"]
@@ -54,7 +54,7 @@ _RUNNER = textwrap.dedent(
 )
 
 
-def _run_cli_cases(cases, cwd=None, timeout=600):
+def _run_cli_cases(cases, cwd=None, timeout=300):
     """[(script, [args...]), ...] -> [{"rc", "stderr", "stdout"}, ...], all in one fresh interpreter."""
     cases = [(script, [str(a) for a in argv]) for script, argv in cases]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
