@@ -34,6 +34,8 @@ except ImportError:  # NumPy 1
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine.train_loop import TrainerBase
 
+from .utils.file_io import atomic_write, atomic_write_text
+
 __all__ = [
     "NucleusCheckpointer",
     "TrainerStateMixin",
@@ -217,6 +219,27 @@ class NucleusCheckpointer(DetectionCheckpointer):
             finally:
                 self._strict_now = self.strict
         return self.load(path, checkpointables=[])
+
+    def save(self, name, **kwargs):
+        """As fvcore's, but all or nothing: a run killed while saving leaves the previous
+        checkpoint and ``last_checkpoint`` intact (temporary file, then rename)."""
+        if not self.save_dir or not self.save_to_disk or "://" in self.save_dir:
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info("Saving checkpoint to {}".format(save_file))
+        with atomic_write(save_file, overwrite=True) as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        if "://" in self.save_dir:
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename, overwrite=True)
 
     def _load_file(self, filename):
         if filename.endswith(".pkl"):
