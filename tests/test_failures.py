@@ -76,6 +76,16 @@ def _expect_error(result, prog, *fragments, rc=None):
     return lines[0]
 
 
+def _expect_errors(cases, prog):
+    """Run {name: ((script, argv), fragments)} in one interpreter; each must fail with exit status 2."""
+    results = _run_cli_cases([c for c, _ in cases.values()])
+    for (name, (_, fragments)), result in zip(cases.items(), results):
+        try:
+            _expect_error(result, prog, *fragments, rc=2)
+        except AssertionError as e:
+            raise AssertionError(f"case {name!r}: {e}") from None
+
+
 def _hidden_temps(root):
     return [os.path.join(d, n) for d, dirs, files in os.walk(root) for n in dirs + files if ".d2tmp-" in n]
 
@@ -194,20 +204,15 @@ def test_train_net_failures(synthetic_prepared, weights, tmp_path):
             train(DEMO, "--eval-only", *SMALL, "MODEL.WEIGHTS", weights["unrelated"], "OUTPUT_DIR", out("n")),
             [weights["unrelated"], "none of the model's"]),
     }
-    results = _run_cli_cases([c for c, _ in cases.values()])
-    for (name, (_, fragments)), result in zip(cases.items(), results):
-        try:
-            _expect_error(result, "train_net", *fragments, rc=2)
-        except AssertionError as e:
-            raise AssertionError(f"case {name!r}: {e}") from None
+    _expect_errors(cases, "train_net")
     assert not marker.exists(), "an untrusted file ran code"
     # Errors of the input are found before OUTPUT_DIR is created; weights errors before any checkpoint.
-    for name in "abcdeff2g":
+    for name in ["a", "b", "c", "d", "e", "f", "f2", "g"]:
         assert not os.path.exists(out(name)), name
     assert not os.path.exists(out("typo"))
     assert (earlier / "model_final.pth").read_bytes() == b"the earlier run's model"
     assert sorted(os.listdir(earlier)) == ["model_final.pth"]
-    for name in "hijklmn":
+    for name in ["h", "i", "j", "k", "l", "m", "n"]:
         assert not [f for f in os.listdir(out(name)) if f.endswith(".pth")], name
 
 
@@ -262,12 +267,7 @@ def test_predict_failures(weights, tmp_path):
         "typo override": (predict(weights["good"], good, DEMO, "MODEL.RESNETS.DEPHT", "3"), ["MODEL.RESNETS.DEPHT"]),
         "bad image after good ones": (predict(weights["good"], with_bad, DEMO, *sides), ["zz_bad.png"]),
     }
-    results = _run_cli_cases([c for c, _ in cases.values()])
-    for (name, (_, fragments)), result in zip(cases.items(), results):
-        try:
-            _expect_error(result, "predict", *fragments, rc=2)
-        except AssertionError as e:
-            raise AssertionError(f"case {name!r}: {e}") from None
+    _expect_errors(cases, "predict")
     assert not marker.exists(), "an untrusted file ran code"
     assert not os.path.exists(res), os.listdir(res)  # not one file, not even a folder
 
