@@ -43,6 +43,7 @@ _TEMP_TAG = "d2tmp"
 _TEMP_RE = re.compile(r"^\..+\." + _TEMP_TAG + r"-(\d+)-[^.]*\.(tmp|old)$")
 _live_temps = set()  # this process's temporary paths in use
 _cleaned_folders = set()
+_writable_folders = set()
 _lock = threading.RLock()
 
 
@@ -145,11 +146,15 @@ def _probe_writable(folder: str) -> None:
     read-only file system, where os.access says yes)."""
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"output folder {folder!r} is not writable")
+    key = os.path.abspath(folder)
+    if key in _writable_folders:  # probed once per process (predict checks 3 files per image)
+        return
     try:
         with tempfile.TemporaryFile(dir=folder, prefix=f".{_TEMP_TAG}-probe-"):
             pass
     except OSError as e:
         raise PermissionError(f"output folder {folder!r} is not writable: {e.strerror or e}") from None
+    _writable_folders.add(key)
 
 
 def check_writable_dir(path: str) -> None:
