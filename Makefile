@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_mask2coco.py
 	$(PY) bench/bench_postprocess.py
 	$(PY) bench/bench_evaluation.py
+	$(PY) bench/bench_measurements.py
 	$(PY) bench/bench_train_speed.py --variants plain,mapper,bf16,recipe --config configs/scratch/mask_rcnn_R_50_FPN_scratch_gn.yaml \
 	  MODEL.RESNETS.DEPTH 18 MODEL.RESNETS.RES2_OUT_CHANNELS 64
 	$(PY) bench/bench_train_speed.py --variants plain,recipe

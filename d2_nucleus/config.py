@@ -27,6 +27,9 @@ def add_nucleus_config(cfg):
     cfg.NUCLEUS.DATA_ROOT = ""
     # Binarisation threshold of the mask head's probabilities.
     cfg.NUCLEUS.MASK_THRESHOLD = 0.5
+    # Resolution the model works at, in micrometres per pixel (0 = unknown). Sizes in um / um^2
+    # (tools/predict.py --measurements) use it when --mpp is not given.
+    cfg.MODEL.PIXEL_SIZE_UM = 0.0
 
     # ---------------------------------------------------------------------------------------------
     # Training augmentation for H&E tiles (applied after Detectron2's resize/crop/flip)

@@ -34,3 +34,13 @@ def synthetic_prepared(synthetic_raw, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synthetic") / "prepared")
     prepare_dataset(synthetic_raw, out, ratio=0.25, seed=0, workers=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def real_prepared(real_raw, tmp_path_factory):
+    """The real raw dataset prepared once per session: (prepared folder, DataReport)."""
+    from d2_nucleus.data import prepare_dataset
+
+    out = str(tmp_path_factory.mktemp("real") / "nucleus")
+    report = prepare_dataset(real_raw, out, progress=False)
+    return out, report

@@ -13,18 +13,10 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from d2_nucleus.data import prepare_dataset
 from d2_nucleus.data.mask2coco import default_workers, masks_to_coco
 from d2_nucleus.data.raw import scan_train
 
 pytestmark = pytest.mark.realdata
-
-
-@pytest.fixture(scope="module")
-def real_prepared(real_raw, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("real") / "nucleus")
-    report = prepare_dataset(real_raw, out, progress=False)
-    return out, report
 
 
 def _load(out, split):

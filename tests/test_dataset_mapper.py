@@ -10,7 +10,7 @@ import torch
 from detectron2.structures import BoxMode
 
 from d2_nucleus.config import get_nucleus_cfg
-from d2_nucleus.data.dataset_mapper import NucleusDatasetMapper
+from d2_nucleus.data.dataset_mapper import NucleusDatasetMapper, dense_label_map
 from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.data.transforms import Rot90Transform, StainJitterTransform
 
@@ -54,6 +54,46 @@ def test_label_map_path_equals_per_annotation_path(record):
         # boxes are the masks' tight boxes
         assert torch.equal(ia.gt_boxes.tensor, ia.gt_masks.get_bounding_boxes().tensor)
     assert "annotations" in record and len(record["annotations"]) == 120  # input not modified
+
+
+def _same_instances(a, b):
+    """Equal images and the same set of (mask, box, class) instances, in any order."""
+    assert torch.equal(a["image"], b["image"])
+    ia, ib = a["instances"], b["instances"]
+    assert len(ia) == len(ib) > 0
+
+    def rows(inst):
+        return sorted(
+            (m.numpy().tobytes(), tuple(box.tolist()), int(c))
+            for m, box, c in zip(inst.gt_masks.tensor, inst.gt_boxes.tensor, inst.gt_classes)
+        )
+
+    assert rows(ia) == rows(ib)
+
+
+def test_more_than_255_nuclei(tmp_path):
+    """Real images hold 294-1862 nuclei: the label-map path must take them (pycocotools' area()
+    overflowed a uint8 for lists of more than 255 RLEs under numpy 2)."""
+    img, lab = render_nuclei_image(np.random.default_rng(3), 400, 400, 300, min_diameter=6, max_diameter=16)
+    assert lab.max() == 300
+    f = str(tmp_path / "many.png")
+    cv2.imwrite(f, img[..., ::-1])
+    annos = []
+    for k in range(1, 301):
+        r = mask_util.encode(np.asfortranarray((lab == k).astype(np.uint8)))
+        annos.append({"bbox": mask_util.toBbox(r).tolist(), "bbox_mode": BoxMode.XYWH_ABS,
+                      "segmentation": r, "category_id": 0, "iscrowd": 0})
+    rec = {"file_name": f, "height": 400, "width": 400, "image_id": 7, "annotations": annos}
+    labels = dense_label_map(annos, 400, 400)
+    assert labels is not None and np.array_equal(labels, lab)
+    cfg = get_nucleus_cfg(BASE, ["INPUT.CROP.SIZE", "[256, 256]"])
+    fast, slow = NucleusDatasetMapper(cfg, True), NucleusDatasetMapper(cfg, True)
+    slow._label_map = lambda *a: None
+    for seed in range(3):
+        np.random.seed(seed), random.seed(seed)
+        a = fast(rec)
+        np.random.seed(seed), random.seed(seed)
+        _same_instances(a, slow(rec))
 
 
 def test_overlapping_annotations_fall_back(record):

@@ -44,6 +44,17 @@ def get_parser():
     p.add_argument("--export-score-thresh", type=float, default=None,
                    help="score threshold of the overlays, GeoJSON and label maps "
                    "(default: TEST.LABEL_MAP_SCORE_THRESH); answer.json keeps all detections")
+    p.add_argument("--measurements", default=None, metavar="DIR",
+                   help="write per-nucleus measurements here: <image>.parquet, <image>.summary.json, <image>.png "
+                   "(and into the GeoJSON with --geojson-dir)")
+    p.add_argument("--measurements-format", choices=("parquet", "csv"), default="parquet",
+                   help="csv: also write <image>.csv next to the Parquet table (default: parquet)")
+    p.add_argument("--mpp", type=float, default=None,
+                   help="micrometres per pixel of the images, for um / um^2 measurements "
+                   "(default: MODEL.PIXEL_SIZE_UM of the config; 0 there = pixels only)")
+    p.add_argument("--stain", choices=("ruifrok", "macenko"), default="ruifrok",
+                   help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, "
+                   "or estimated per image by Macenko's method (default: ruifrok)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -86,6 +97,14 @@ def main(argv=None):
         # Before loading the model: fail fast on outputs that exist or cannot be written.
         check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
                       args.label_format, args.overwrite)
+        measurements = None
+        if args.measurements:
+            from d2_nucleus.measurements.outputs import MeasurementWriter
+
+            mpp = args.mpp if args.mpp is not None else cfg.MODEL.PIXEL_SIZE_UM
+            measurements = MeasurementWriter(args.measurements, csv=args.measurements_format == "csv",
+                                             mpp=mpp or None, stain=args.stain)
+            measurements.check([it.stem for it in items], args.overwrite)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
         export_thresh = args.export_score_thresh
         if export_thresh is None:
@@ -105,6 +124,7 @@ def main(argv=None):
                 skip_bad=args.skip_bad,
                 overwrite=args.overwrite,
                 progress=not args.quiet,
+                measurements=measurements,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)

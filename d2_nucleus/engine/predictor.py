@@ -367,6 +367,7 @@ def run_prediction(
     overwrite: bool = False,
     category_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
+    measurements=None,
 ) -> PredictionSummary:
     """
     Predict ``items`` and write the results.
@@ -383,6 +384,9 @@ def run_prediction(
         skip_bad: skip unreadable images (listed in the summary) instead of failing.
         overwrite: replace existing output files.
         category_ids: dataset category id per class index (default: class index + 1).
+        measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: per-image
+            measurement table, summary and figure of the exported detections (also put into
+            the GeoJSON's measurements).
 
     Every file is complete or absent: each is written to a temporary file and renamed, and
     answer.json / answer.zip are written only after all images succeed. Existing outputs
@@ -391,6 +395,8 @@ def run_prediction(
     from tqdm import tqdm
 
     side = check_outputs(items, output, zip_output, vis_dir, geojson_dir, labels_dir, label_format, overwrite)
+    if measurements is not None:
+        measurements.check([it.stem for it in items], overwrite)
     if category_ids is None:
         category_ids = list(range(1, predictor.cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1))
 
@@ -426,7 +432,7 @@ def run_prediction(
             summary.num_images += 1
             summary.num_detections += len(instances)
             _write_side_outputs(item, image, instances, side[item.image_id], predictor.input_format,
-                                export_score_thresh, label_format, overwrite, summary)
+                                export_score_thresh, label_format, overwrite, summary, measurements)
             bar.update(1)
     bar.close()
     if summary.bad_images and summary.num_images == 0:
@@ -439,9 +445,9 @@ def run_prediction(
 
 
 def _write_side_outputs(item, image, instances, paths, input_format, score_thresh, label_format,
-                        overwrite, summary):
-    """Overlay, GeoJSON and label map of one image's detections scoring >= score_thresh."""
-    if not any(paths.values()):
+                        overwrite, summary, measurements=None):
+    """Overlay, GeoJSON, label map and measurements of one image's detections scoring >= score_thresh."""
+    if not any(paths.values()) and measurements is None:
         return
     height, width = image.shape[:2]
     keep = (instances.scores >= score_thresh).nonzero().flatten().tolist()
@@ -453,13 +459,18 @@ def _write_side_outputs(item, image, instances, paths, input_format, score_thres
     label_map = None
     if paths["vis"] or paths["labels"]:
         label_map = rles_to_label_map(rles, height, width, scores=scores)
-    written = []
+    written, qupath = [], None
+    if measurements is not None:
+        rgb = image[:, :, ::-1] if input_format == "BGR" else image
+        measured = measurements.write(item.stem, rgb, rles, scores, os.path.basename(item.path), overwrite)
+        written += measured["written"]
+        qupath = measured["qupath"]
     if paths["vis"]:
         rgb = image[:, :, ::-1] if input_format == "BGR" else image
         write_overlay(draw_overlay(rgb, label_map, count=len(rles)), paths["vis"], overwrite=overwrite)
         written.append(paths["vis"])
     if paths["geojson"]:
-        write_geojson(rles_to_geojson(rles, scores), paths["geojson"], overwrite=overwrite)
+        write_geojson(rles_to_geojson(rles, scores, measurements=qupath), paths["geojson"], overwrite=overwrite)
         written.append(paths["geojson"])
     if paths["labels"]:
         path = label_map_path(paths["labels"], len(rles), label_format)

@@ -6,12 +6,12 @@ a FeatureCollection with one Polygon Feature per detection, in pixel coordinates
 """
 import json
 import uuid
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
 
-from ..utils.rle import rle_counts
+from ..utils.rle import to_box_mask
 from ..utils.file_io import atomic_write
 
 __all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojson"]
@@ -20,30 +20,8 @@ __all__ = ["rle_to_box_mask", "mask_to_polygon", "rles_to_geojson", "write_geojs
 _NUCLEUS_COLOR = [160, 90, 160]
 
 
-def rle_to_box_mask(rle: Dict) -> Optional[Tuple[np.ndarray, int, int]]:
-    """
-    Decode a COCO RLE into its bounding-box crop only (O(mask area), not O(H * W)).
-
-    Returns:
-        (mask, x0, y0): a uint8 {0, 1} mask of the box whose top-left pixel is (x0, y0);
-        None for an empty mask.
-    """
-    height = int(rle["size"][0])
-    counts = rle_counts(rle)
-    starts = np.cumsum(counts)[0::2][: len(counts) // 2]  # foreground runs start here
-    lengths = counts[1::2]
-    keep = lengths > 0
-    starts, lengths = starts[keep], lengths[keep]
-    total = int(lengths.sum())
-    if total == 0:
-        return None
-    offsets = np.cumsum(lengths) - lengths
-    p = np.repeat(starts - offsets, lengths) + np.arange(total)  # column-major pixel indices
-    xs, ys = p // height, p % height
-    x0, y0 = int(xs.min()), int(ys.min())
-    mask = np.zeros((int(ys.max()) - y0 + 1, int(xs.max()) - x0 + 1), np.uint8)
-    mask[ys - y0, xs - x0] = 1
-    return mask, x0, y0
+# Box-local decoding lives in the RLE module; kept under this name for existing callers.
+rle_to_box_mask = to_box_mask
 
 
 def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[float]]:
@@ -68,13 +46,17 @@ def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[flo
 
 
 def rles_to_geojson(
-    rles: Sequence[Dict], scores: Optional[Sequence[float]] = None, class_name: str = "Nucleus"
+    rles: Sequence[Dict],
+    scores: Optional[Sequence[float]] = None,
+    class_name: str = "Nucleus",
+    measurements: Optional[Sequence[Dict[str, float]]] = None,
 ) -> Dict:
     """
     A GeoJSON FeatureCollection with one QuPath detection per non-empty mask: Polygon geometry
     (closed ring, pixel coordinates), ``properties`` = {"objectType": "detection",
     "classification": {"name": class_name, ...}, "measurements": {"Detection score": s}}.
-    Empty masks are skipped.
+    Empty masks are skipped. ``measurements[i]`` (QuPath names -> values, see
+    :mod:`d2_nucleus.measurements.qupath`) is added to the i-th detection's measurements.
     """
     features = []
     for i, rle in enumerate(rles):
@@ -88,6 +70,8 @@ def rles_to_geojson(
         }
         if scores is not None:
             properties["measurements"] = {"Detection score": float(scores[i])}
+        if measurements is not None:
+            properties.setdefault("measurements", {}).update(measurements[i])
         features.append(
             {
                 "type": "Feature",
