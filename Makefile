@@ -42,7 +42,7 @@ demo: $(STAMP)
 	  $(PY) tools/make_synthetic.py --out "$$raw" --overwrite; \
 	fi; \
 	$(PY) tools/prepare_data.py --raw "$$raw" --out "$(DEMO_DIR)/prepared" --overwrite; \
-	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --data-root "$(DEMO_DIR)/prepared" \
+	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --data-root "$(DEMO_DIR)/prepared" --overwrite \
 	  SOLVER.MAX_ITER $(DEMO_ITERS) OUTPUT_DIR "$(DEMO_DIR)/output"; \
 	$(PY) tools/train_net.py --config-file $(DEMO_CONFIG) --data-root "$(DEMO_DIR)/prepared" --eval-only \
 	  MODEL.WEIGHTS "$(DEMO_DIR)/output/model_final.pth" OUTPUT_DIR "$(DEMO_DIR)/output"; \

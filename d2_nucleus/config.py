@@ -1,6 +1,18 @@
 # -*- coding: utf-8 -*-
-"""Config keys that d2_nucleus adds to Detectron2's defaults."""
+"""
+Config keys that d2_nucleus adds to Detectron2's defaults, and the one safe config loader
+(:func:`merge_config_file`, :func:`get_nucleus_cfg`) that every entry point uses.
+"""
+import os
+
+import yaml
 from detectron2.config import CfgNode as CN
+
+__all__ = ["ConfigError", "add_nucleus_config", "get_nucleus_cfg", "merge_config_file", "merge_config_list"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file (or override)."""
 
 
 def add_nucleus_config(cfg):
@@ -82,11 +94,62 @@ def add_nucleus_config(cfg):
     cfg.TEST.MASK_HEAD_CHUNK_SIZE = 256
 
 
+def _one_line(e) -> str:
+    return " ".join(str(e).split())
+
+
+def merge_config_file(cfg, config_file):
+    """
+    ``cfg.merge_from_file`` that never runs code: the file and its ``_BASE_`` chain are read with
+    ``yaml.safe_load`` (``allow_unsafe=False``; Detectron2's default falls back to
+    ``yaml.unsafe_load``, which executes ``!!python/...`` tags). Every problem is a one-line
+    :class:`ConfigError` naming the file.
+    """
+    if not os.path.isfile(config_file):
+        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
+        raise ConfigError(f"config file {config_file!r} {what}")
+    try:
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{mark.name}, line {mark.line + 1}" if mark is not None else config_file
+        raise ConfigError(
+            f"{where}: refusing to load a YAML tag that would run code or build Python objects "
+            f"({_one_line(e.problem)}); configs may hold only plain YAML values"
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{config_file}: not valid YAML: {_one_line(e)}") from None
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        # KeyError "Non-existent config key: X", ValueError/TypeError on a value of the wrong type
+        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        raise ConfigError(f"{config_file}: {msg}") from None
+    except OSError as e:  # a _BASE_ that does not exist
+        raise ConfigError(f"{config_file}: {e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": ")) from None
+
+
+def merge_config_list(cfg, opts):
+    """``cfg.merge_from_list`` with one-line :class:`ConfigError` s for command-line overrides."""
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(
+            f"config overrides must be KEY VALUE pairs, got {len(opts)} words: {' '.join(map(str, opts))}"
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+        raise ConfigError(f"command-line config override: {msg}") from None
+
+
 def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     """
     The config every d2_nucleus entry point uses: Detectron2 defaults + PointRend keys + ours,
-    then ``config_file``, then ``opts`` (KEY VALUE list). Falls back to the CPU with a warning
-    when the config asks for CUDA and none is available.
+    then ``config_file`` (read safely: :func:`merge_config_file`), then ``opts`` (KEY VALUE list).
+    Falls back to the CPU with a warning when the config asks for CUDA and none is available.
+
+    Raises:
+        ConfigError: a missing or unsafe config file, an unknown key, a bad value, or an odd
+            number of overrides (one line naming the file or override).
     """
     import logging
 
@@ -98,9 +161,9 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     add_pointrend_config(cfg)
     add_nucleus_config(cfg)
     if config_file:
-        cfg.merge_from_file(config_file)
+        merge_config_file(cfg, config_file)
     if opts:
-        cfg.merge_from_list(list(opts))
+        merge_config_list(cfg, opts)
     if data_root:
         cfg.NUCLEUS.DATA_ROOT = data_root
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

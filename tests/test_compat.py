@@ -163,3 +163,21 @@ def test_installer_leaves_a_compiled_detectron2_alone(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "leaving it alone" in r.stdout
     assert "pip" not in r.stdout  # nothing downloaded or installed
+
+
+def test_checkpoint_save_is_all_or_nothing(tmp_path, monkeypatch):
+    """A save that fails (or is killed) midway leaves the previous checkpoint and last_checkpoint."""
+    ckpt = NucleusCheckpointer(torch.nn.Linear(3, 2), str(tmp_path))
+    ckpt.save("model_final", iteration=1)
+    before = (tmp_path / "model_final.pth").read_bytes()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+
+    def dies_midway(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save("model_final", iteration=2)
+    assert (tmp_path / "model_final.pth").read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_final.pth"]

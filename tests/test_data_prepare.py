@@ -123,9 +123,15 @@ def test_runs_are_identical_and_overwrite(raw, tmp_path, capsys):
     (out1 / "mine.txt").write_text("keep me")
     assert run_cli("--raw", raw, "--out", out1, "--quiet") == 1
     assert "already exists" in capsys.readouterr().err and (out1 / "mine.txt").exists()
-    # With --overwrite: replaced as a whole.
+    # --overwrite replaces only what prepare_data wrote: a folder with a file of the user's is refused.
+    assert run_cli("--raw", raw, "--out", out1, "--quiet", "--overwrite", "--seed", "5") == 1
+    err = capsys.readouterr().err
+    assert "mine.txt" in err and (out1 / "mine.txt").read_text() == "keep me"
+    assert json.loads((out1 / "split.json").read_text())["seed"] == 0
+    # Without it: the layout is replaced as a whole.
+    (out1 / "mine.txt").unlink()
     assert run_cli("--raw", raw, "--out", out1, "--quiet", "--overwrite", "--seed", "5") == 0
-    assert not (out1 / "mine.txt").exists() and json.loads((out1 / "split.json").read_text())["seed"] == 5
+    assert json.loads((out1 / "split.json").read_text())["seed"] == 5
     assert not _leftovers(tmp_path)
     # An empty folder may be filled.
     (tmp_path / "empty").mkdir()

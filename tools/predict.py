@@ -87,13 +87,10 @@ def main(argv=None):
     # torch and Detectron2 are imported only now: --help and argument errors return at once.
     quiet_known_warnings()
     from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.utils.file_io import output_transaction
 
     try:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
-        if len(args.opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
-        cfg = setup_cfg(args)
+        cfg = setup_cfg(args)  # one-line ConfigError for a missing file, a bad key or odd overrides
         items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
         zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None
         # Before loading the model: fail fast on outputs that exist or cannot be written.
@@ -111,21 +108,23 @@ def main(argv=None):
         export_thresh = args.export_score_thresh
         if export_thresh is None:
             export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
-        summary = run_prediction(
-            predictor,
-            items,
-            output=args.output,
-            zip_output=zip_path,
-            vis_dir=args.vis_dir,
-            geojson_dir=args.geojson_dir,
-            labels_dir=args.labels_dir,
-            label_format=args.label_format,
-            export_score_thresh=export_thresh,
-            skip_bad=args.skip_bad,
-            overwrite=args.overwrite,
-            progress=not args.quiet,
-            measurements=measurements,
-        )
+        # All outputs (per-image files, answer.json/.zip) appear together at the end, or none.
+        with output_transaction():
+            summary = run_prediction(
+                predictor,
+                items,
+                output=args.output,
+                zip_output=zip_path,
+                vis_dir=args.vis_dir,
+                geojson_dir=args.geojson_dir,
+                labels_dir=args.labels_dir,
+                label_format=args.label_format,
+                export_score_thresh=export_thresh,
+                skip_bad=args.skip_bad,
+                overwrite=args.overwrite,
+                progress=not args.quiet,
+                measurements=measurements,
+            )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)
         return 2

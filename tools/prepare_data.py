@@ -36,10 +36,18 @@ def _ratio(s):
     return v
 
 
+def _workers(s):
+    v = int(s)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {s}")
+    return v
+
+
 def _add_common(p, out_help):
     p.add_argument("--raw", required=True, help="raw dataset folder (train/, test/, test_img_ids.json)")
     p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out (a prepared layout; refused if it holds other files)")
     p.add_argument("--quiet", action="store_true", help="no progress bar, no info messages")
     p.add_argument("--max-warnings", type=int, default=20, metavar="N",
                    help="warnings listed in full in the final report (default 20; all are counted)")
@@ -54,8 +62,8 @@ def _add_convert(p):
     p.add_argument("--format", choices=FORMATS, default="rle",
                    help="segmentation format: rle = pixel-exact compressed RLE (default); "
                         "polygon = the seed's imantics polygons (holes filled, degenerate ones dropped)")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="processes converting masks (default: all cores; 1 = in this process)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="processes converting masks, at least 1 (default: all cores; 1 = in this process)")
 
 
 def build_parser(command=None):
@@ -106,7 +114,7 @@ def main(argv=None):
                                    args.format, args.workers, args.overwrite, progress)
         else:
             report = write_test_list(args.raw, args.out, args.overwrite)
-    except (RawDataError, FileExistsError, FileNotFoundError, IsADirectoryError, ValueError) as e:
+    except (RawDataError, OSError, ValueError) as e:  # OSError: exists, missing, not writable, ...
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     print(f"{PROG}: wrote {args.out}\n{report.summary(args.max_warnings)}")

@@ -5,27 +5,98 @@ Train or evaluate a d2_nucleus model.
     python tools/train_net.py --config-file configs/mask_rcnn_R_50_FPN_3x.yaml --data-root datasets/nucleus
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_best.pth
     python tools/train_net.py --config-file ... --resume          # continue the last checkpoint
+    python tools/train_net.py --config-file ... --overwrite       # new run into an OUTPUT_DIR that has one
     python tools/train_net.py --config-file ... --num-gpus 8      # multi-GPU (torch DDP)
-"""
-from detectron2.engine import default_argument_parser, default_setup, launch
 
-from d2_nucleus.config import get_nucleus_cfg
+Bad input (config, overrides, weights, data, OUTPUT_DIR) stops the run before training with a
+one-line error naming the file and exit status 2.
+"""
+import glob
+import os
+import sys
+
+import d2_nucleus  # noqa: F401  (first: its runtime fixes and warning filters apply to Detectron2's imports)
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from d2_nucleus.compat import WeightsError
+from d2_nucleus.config import ConfigError, get_nucleus_cfg
+from d2_nucleus.data import register_nucleus_datasets, resolve_data_root
+from d2_nucleus.data.datasets import check_nucleus_datasets
 from d2_nucleus.engine import NucleusTrainer
+from d2_nucleus.utils.file_io import OutputExistsError, check_writable_dir
+
+PROG = "train_net"
+# Errors of the user's input; anything else keeps its traceback (a bug).
+USER_ERRORS = (ConfigError, WeightsError, OSError, KeyError)
+
+
+def check_output_dir(cfg, args):
+    """
+    Before anything is written: OUTPUT_DIR must be writable; a new training run does not go into
+    the OUTPUT_DIR of an earlier one unless --overwrite; --resume needs a run to resume.
+    """
+    out = cfg.OUTPUT_DIR
+    check_writable_dir(out)
+    marker = os.path.join(out, "last_checkpoint")
+    if args.resume:
+        if not os.path.isfile(marker):
+            raise FileNotFoundError(
+                f"--resume: OUTPUT_DIR {out!r} has no last_checkpoint to resume from (mistyped OUTPUT_DIR?); "
+                "leave out --resume to start a new run"
+            )
+        return
+    if args.eval_only:
+        return
+    earlier = sorted(
+        os.path.basename(p)
+        for p in glob.glob(os.path.join(glob.escape(out), "model_*.pth")) + [marker]
+        if os.path.isfile(p)
+    )
+    if earlier and not args.overwrite:
+        raise OutputExistsError(
+            f"OUTPUT_DIR {out!r} holds an earlier training run ({', '.join(earlier[:3])}"
+            f"{', ...' if len(earlier) > 3 else ''}); pass --resume to continue it, or --overwrite to "
+            "start a new run there (its checkpoints are replaced), or choose another OUTPUT_DIR"
+        )
+    if earlier and comm.is_main_process():
+        # The new run's checkpoints replace the old ones as they are saved; the old pointer and
+        # metrics would otherwise make a later --resume continue the earlier run, or mix its
+        # metrics into the new one's.
+        for name in ("last_checkpoint", "metrics.json"):
+            if os.path.isfile(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
 
 
 def setup(args):
     cfg = get_nucleus_cfg(args.config_file, args.opts, data_root=args.data_root)
     cfg.freeze()
+    check_output_dir(cfg, args)
+    # Data before anything is written: a missing val annotation file stops the run now.
+    register_nucleus_datasets(resolve_data_root(cfg=cfg))
+    check_nucleus_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     default_setup(cfg, args)
+    # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_nucleus")
     return cfg
 
 
+def _fail(e):
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(args):
-    cfg = setup(args)
-    if args.eval_only:
-        return NucleusTrainer.eval_only(cfg, resume=args.resume)
-    trainer = NucleusTrainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
+    try:
+        cfg = setup(args)
+        if args.eval_only:
+            return NucleusTrainer.eval_only(cfg, resume=args.resume)
+        trainer = NucleusTrainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+    except USER_ERRORS as e:
+        _fail(e)
     return trainer.train()
 
 
@@ -36,6 +107,12 @@ def get_parser():
         default=None,
         help="prepared dataset root (tools/prepare_data.py --out); overrides NUCLEUS.DATA_ROOT and "
         "$D2_NUCLEUS_DATA (default: datasets/nucleus)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new training run in an OUTPUT_DIR that holds an earlier one (its checkpoints are "
+        "replaced as the new ones are saved); without it, such an OUTPUT_DIR is refused unless --resume",
     )
     return parser
 

@@ -19,6 +19,8 @@ __all__ = [
     "TEST_IDS_FILE",
     "CLASSES_FILE",
     "SPLIT_FILE",
+    "ANNOTATIONS_DIR",
+    "IMAGES_DIR",
     "annotation_file",
     "image_dir",
 ]
@@ -37,13 +39,15 @@ CATEGORIES = [{"id": i, "name": name, "supercategory": name} for i, name in enum
 TEST_IDS_FILE = "test_img_ids.json"
 CLASSES_FILE = "classes.txt"
 SPLIT_FILE = "split.json"
+ANNOTATIONS_DIR = "annotations"
+IMAGES_DIR = "nucleus_data"
 
 
 def annotation_file(root: str, split: str) -> str:
     """``<root>/annotations/instance_<split>.json``."""
-    return os.path.join(root, "annotations", f"instance_{split}.json")
+    return os.path.join(root, ANNOTATIONS_DIR, f"instance_{split}.json")
 
 
 def image_dir(root: str, split: str) -> str:
     """``<root>/nucleus_data/<split>``."""
-    return os.path.join(root, "nucleus_data", split)
+    return os.path.join(root, IMAGES_DIR, split)

@@ -11,6 +11,7 @@ Every annotation has the tight box and the area of the source mask, iscrowd 0 an
 """
 import multiprocessing
 import os
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -176,6 +177,32 @@ def _mp_context():
     return multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
 
 
+def _die_with_parent(parent_pid: int) -> None:
+    """
+    Pool initializer: the worker gets SIGKILL when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), so killing prepare_data (even with SIGKILL, which runs no cleanup) leaves
+    no orphan workers holding their memory. If the parent is already gone, exit at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            PR_SET_PDEATHSIG = 1
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):  # no prctl: the getppid check below still runs
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def worker_pool(workers: int) -> ProcessPoolExecutor:
+    """The process pool of :func:`masks_to_coco`: fork context, workers die with their parent."""
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=_mp_context(), initializer=_die_with_parent, initargs=(os.getpid(),)
+    )
+
+
 def masks_to_coco(
     images: Sequence[RawTrainImage],
     image_ids: Optional[Sequence[int]] = None,
@@ -190,7 +217,7 @@ def masks_to_coco(
     Args:
         image_ids: COCO id of each image (default 1..N in the given order).
         fmt: "rle" (exact, default) or "polygon" (the seed's imantics polygons).
-        workers: processes (default: all cores); 0 or 1 converts in this process.
+        workers: processes (default: all cores); 1 converts in this process.
         progress: show a tqdm bar counting masks.
 
     Returns:
@@ -207,6 +234,8 @@ def masks_to_coco(
     if len(ids) != len(images):
         raise ValueError(f"{len(images)} images but {len(ids)} image ids")
     workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     workers = max(1, min(workers, len(images)))
     total = sum(len(r.mask_files) for r in images)
     results = [None] * len(images)
@@ -218,7 +247,7 @@ def masks_to_coco(
         else:
             # Largest images first: the pool's tail is then short.
             order = sorted(range(len(images)), key=lambda i: -len(images[i].mask_files))
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+            with worker_pool(workers) as pool:
                 futures = {pool.submit(convert_image, images[i], ids[i], fmt): i for i in order}
                 try:
                     for fut in as_completed(futures):

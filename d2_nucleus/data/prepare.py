@@ -15,10 +15,28 @@ a temporary folder that replaces ``<out>`` only at the end.
 import logging
 import os
 import shutil
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional
 
-from ..utils.file_io import atomic_output_dir, atomic_write_json, check_target, link_or_copy
-from .layout import CLASSES, SPLITS  # the layout is spelled in .layout
+from ..utils.file_io import (
+    OutputExistsError,
+    atomic_output_dir,
+    atomic_write_json,
+    check_target,
+    check_writable,
+    check_writable_dir,
+    link_or_copy,
+)
+from .layout import (  # the layout is spelled in .layout
+    ANNOTATIONS_DIR,
+    CLASSES,
+    CLASSES_FILE,
+    IMAGES_DIR,
+    SPLIT_FILE,
+    SPLITS,
+    TEST_IDS_FILE,
+    annotation_file,
+    image_dir,
+)
 from .mask2coco import coco_dict, masks_to_coco
 from .raw import RawDataError, scan_train
 from .report import DataReport
@@ -52,6 +70,52 @@ def _check_raw_out(raw_root: str, out: str) -> None:
         raise ValueError(f"{out}: output must be outside the raw dataset {raw_root} and not contain it")
 
 
+# What prepare_dataset writes into <out>; --overwrite replaces only a folder holding nothing else.
+_LAYOUT_FILES = (TEST_IDS_FILE, CLASSES_FILE, SPLIT_FILE)
+
+
+def _foreign_entries(out: str) -> List[str]:
+    """Entries of an existing ``out`` that are not part of the prepared layout (module docstring)."""
+    if not os.path.isdir(out) or os.path.islink(out):
+        return [out]
+    foreign = []
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if name in _LAYOUT_FILES and os.path.isfile(path):
+            continue
+        if name == ANNOTATIONS_DIR and os.path.isdir(path):
+            expected = {os.path.basename(annotation_file(out, s)) for s in SPLITS}
+            foreign += [os.path.join(path, n) for n in sorted(os.listdir(path))
+                        if n not in expected or not os.path.isfile(os.path.join(path, n))]
+            continue
+        if name == IMAGES_DIR and os.path.isdir(path):
+            for split in sorted(os.listdir(path)):
+                folder = os.path.join(path, split)
+                if split not in SPLITS or not os.path.isdir(folder):
+                    foreign.append(folder)
+                    continue
+                foreign += [os.path.join(folder, n) for n in sorted(os.listdir(folder))
+                            if not os.path.isfile(os.path.join(folder, n))]
+            continue
+        foreign.append(path)
+    return foreign
+
+
+def _check_out(out: str, overwrite: bool) -> None:
+    """Before any work: ``out`` can be created and, if it exists, may be replaced."""
+    check_target(out, overwrite)
+    # atomic_output_dir builds the layout beside out, in its parent folder
+    check_writable_dir(os.path.dirname(os.path.abspath(out)))
+    if overwrite and os.path.lexists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        foreign = _foreign_entries(out)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise OutputExistsError(
+                f"{out}: --overwrite replaces only a prepared layout, but it holds other files ({shown}); "
+                "move them away or choose another --out"
+            )
+
+
 def _description(split: str, fmt: str) -> str:
     return f"d2_nucleus nuclei, split {split}, {fmt} masks"
 
@@ -73,16 +137,18 @@ def prepare_dataset(
         ratio, seed: the val share and the split seed (:func:`split.split_image_ids`).
         fmt: "rle" (pixel-exact, default) or "polygon" (the seed's imantics polygons).
         workers: processes for the mask conversion (default all cores).
-        overwrite: replace an existing ``out``; without it an existing ``out`` is an error and is
-            left untouched.
+        overwrite: replace an existing ``out`` that holds a prepared layout and nothing else;
+            without it an existing ``out`` is an error and is left untouched.
 
     Raises:
         RawDataError: bad raw input (the message names the file and the problem).
-        FileExistsError: ``out`` exists and not ``overwrite``.
+        FileExistsError: ``out`` exists and not ``overwrite``, or holds files this function did
+            not write.
+        PermissionError, NotADirectoryError: ``out`` cannot be written (checked first).
         ValueError: bad arguments.
     """
     _check_raw_out(raw_root, out)
-    check_target(out, overwrite)
+    _check_out(out, overwrite)
     train_set = scan_train(raw_root)
     report = DataReport(ignored_entries=train_set.ignored_entries)
     for msg in train_set.warnings:
@@ -113,27 +179,27 @@ def prepare_dataset(
 
     linked = copied = 0
     with atomic_output_dir(out, overwrite) as tmp:
-        os.makedirs(os.path.join(tmp, "annotations"))
+        os.makedirs(os.path.join(tmp, ANNOTATIONS_DIR))
         for name in SPLITS:
-            atomic_write_json(os.path.join(tmp, "annotations", f"instance_{name}.json"), cocos[name])
-            folder = os.path.join(tmp, "nucleus_data", name)
+            atomic_write_json(annotation_file(tmp, name), cocos[name])
+            folder = image_dir(tmp, name)
             os.makedirs(folder)
             for img in cocos[name]["images"]:
                 if link_or_copy(sources[img["file_name"]], os.path.join(folder, img["file_name"])):
                     linked += 1
                 else:
                     copied += 1
-        shutil.copyfile(os.path.join(raw_root, "test_img_ids.json"), os.path.join(tmp, "test_img_ids.json"))
-        with open(os.path.join(tmp, "classes.txt"), "w") as f:
+        shutil.copyfile(os.path.join(raw_root, TEST_IDS_FILE), os.path.join(tmp, TEST_IDS_FILE))
+        with open(os.path.join(tmp, CLASSES_FILE), "w") as f:
             f.write("\n".join(CLASSES) + "\n")
-        atomic_write_json(os.path.join(tmp, "split.json"), split)
+        atomic_write_json(os.path.join(tmp, SPLIT_FILE), split)
     logger.info("images: %d hard-linked, %d copied (no hard link possible)", linked, copied)
     return report
 
 
 def write_split(raw_root: str, out_file: str, ratio: float = 0.2, seed: int = 0, overwrite: bool = False) -> Dict:
     """Sub-step: write split.json ({"seed", "ratio", "method", "train", "val"}) for a raw dataset."""
-    check_target(out_file, overwrite)
+    check_writable(out_file, overwrite)
     train_set = scan_train(raw_root)
     split = split_dict([r.image_id for r in train_set.images], ratio, seed)
     atomic_write_json(out_file, split, overwrite)
@@ -159,7 +225,7 @@ def convert_split(
     """
     if subset not in ("all_train", "train", "val"):
         raise ValueError(f"subset must be all_train, train or val, got {subset!r}")
-    check_target(out_file, overwrite)
+    check_writable(out_file, overwrite)
     train_set = scan_train(raw_root)
     report = DataReport(ignored_entries=train_set.ignored_entries)
     for msg in train_set.warnings:
@@ -185,7 +251,7 @@ def convert_split(
 
 def write_test_list(raw_root: str, out_file: str, overwrite: bool = False) -> DataReport:
     """Sub-step: test_img_ids.json + test/ -> COCO image list (instance_test.json)."""
-    check_target(out_file, overwrite)
+    check_writable(out_file, overwrite)
     coco, report = testset_to_coco(raw_root)
     atomic_write_json(out_file, coco, overwrite)
     return report

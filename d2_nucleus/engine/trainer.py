@@ -11,6 +11,7 @@ from detectron2.utils import comm
 
 from ..compat import NucleusCheckpointer, TrainerStateMixin
 from ..data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
+from ..data.datasets import check_nucleus_datasets
 from ..evaluation import NucleusEvaluator
 from ..modeling import NucleusRCNNWithTTA
 from ..utils.autocast import cpu_autocast
@@ -36,12 +37,17 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
 
     def __init__(self, cfg):
         register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        # The evaluation datasets too: a missing val annotation file stops the run now, not
+        # after the whole training.
+        check_nucleus_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
         super().__init__(cfg)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ made a plain DetectionCheckpointer just before calling this.
+        # strict=False: MODEL.WEIGHTS may be pretrained weights of another dataset (fine-tuning
+        # rules in NucleusCheckpointer); resuming from last_checkpoint is always strict.
         self.checkpointer = NucleusCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
         )
         ret = super().build_hooks()
         cfg = self.cfg
@@ -91,6 +97,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     def eval_only(cls, cfg, resume=False):
         """Build the model, load ``cfg.MODEL.WEIGHTS`` (or the last checkpoint), evaluate."""
         register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        check_nucleus_datasets(cfg.DATASETS.TEST)
         model = cls.build_model(cfg)
         NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         res = cls.test(cfg, model)
