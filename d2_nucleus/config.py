@@ -94,8 +94,11 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     from detectron2.projects.point_rend import add_pointrend_config
 
     cfg = get_cfg()
+    from .slide.config import add_slide_config
+
     add_pointrend_config(cfg)
     add_nucleus_config(cfg)
+    add_slide_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
     if opts:
