@@ -13,9 +13,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from d2_nucleus.config import get_nucleus_cfg
+from d2_nucleus.config import get_inference_cfg
 
 
 def get_parser():
@@ -53,13 +51,7 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_nucleus_cfg(args.config_file, args.opts)
-    if args.weights is not None:
-        cfg.MODEL.WEIGHTS = args.weights
-    if args.device is not None:
-        cfg.MODEL.DEVICE = args.device
-    elif not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     if args.score_thresh is not None:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
     if args.max_dets is not None:
@@ -75,10 +67,6 @@ def main(argv=None):
     from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
 
     try:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
-        if len(args.opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
         cfg = setup_cfg(args)
         items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
         zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None

@@ -15,9 +15,7 @@ import logging
 import os
 import sys
 
-import torch
-
-from d2_nucleus.config import get_nucleus_cfg
+from d2_nucleus.config import get_inference_cfg
 
 
 def get_parser():
@@ -53,13 +51,7 @@ def get_parser():
 
 
 def setup_cfg(args):
-    cfg = get_nucleus_cfg(args.config_file, args.opts)
-    if args.weights is not None:
-        cfg.MODEL.WEIGHTS = args.weights
-    if args.device is not None:
-        cfg.MODEL.DEVICE = args.device
-    elif not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     for value, key in ((args.tile_size, "TILE_SIZE"), (args.overlap, "OVERLAP"), (args.batch_size, "BATCH_SIZE")):
         if value is not None:
             cfg.SLIDE[key] = value
@@ -79,10 +71,6 @@ def main(argv=None):
     from d2_nucleus.slide import list_slides, segment_slides
 
     try:
-        if not os.path.isfile(args.config_file):
-            raise FileNotFoundError(f"config file {args.config_file!r} does not exist")
-        if len(args.opts) % 2:
-            raise ValueError(f"config overrides must be KEY VALUE pairs, got {args.opts}")
         if args.tissue_mask and args.no_tissue_mask:
             raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
         cfg = setup_cfg(args)
