@@ -353,3 +353,18 @@ def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     # the same command again: complete slides are not redone
     assert cli.main(argv[:-5] + ["--mpp", "0.252"] + argv[-5:]) == 1
     assert "already complete" in capsys.readouterr().out
+
+
+def test_truncated_slide_fails_cleanly(tmp_path):
+    rng = np.random.default_rng(0)
+    tissue, _ = render_nuclei_image(rng, 600, 600, 100)
+    path = str(tmp_path / "cut.svs")
+    write_synthetic_slide(path, 1200, 1000, [(tissue, 300, 200)], mpp=0.252, min_level_side=100)
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    out = tmp_path / "out"
+    with pytest.raises(SlideError, match="cut.svs"):
+        segment_slide(LabelSegmenter(), _cfg(), path, str(out), progress=False)
+    assert not out.exists() or os.listdir(out) == []

@@ -221,6 +221,10 @@ def open_slide(path: str, mpp: Optional[float] = None) -> SlideSource:
     elif path.lower().endswith((".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")):
         source = ArraySource(path)
     else:
+        try:  # OpenSlide's own reason (truncated, unsupported variant, ...)
+            OpenSlideSource(path).close()
+        except SlideError as e:
+            raise SlideError(f"{e}; not a slide OpenSlide reads, nor an image (PNG/JPEG/TIFF/BMP)") from e
         raise SlideError(f"{path}: not a slide OpenSlide reads, nor an image (PNG/JPEG/TIFF/BMP)")
     if mpp is not None:
         if mpp <= 0:
