@@ -202,6 +202,9 @@ def test_tissue_detection_skips_glass(tmp_path):
         grid = TileGrid(g.width, g.height, 1024, 64)
         keep = grid.select(mask, scale, g)
         assert 0 < keep.sum() <= 9 and keep.size == 63
+        # all tissue (a large crop): all of it is found, Otsu does not cut it in two
+        full = detect_tissue(cv2.resize(tissue, (160, 120), interpolation=cv2.INTER_AREA), 10 * 0.252)
+        assert full.mean() > 0.99
     blank = str(tmp_path / "blank.svs")
     write_synthetic_slide(blank, 3000, 3000, [], mpp=0.252)
     with pytest.raises(SlideError, match="blank.svs: no tissue"):

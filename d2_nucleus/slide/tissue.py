@@ -33,12 +33,22 @@ def slide_thumbnail(source: SlideSource, thumbnail_mpp: float) -> Tuple[np.ndarr
 def detect_tissue(thumb: np.ndarray, mpp: float, min_saturation: int = 20, min_area_mm2: float = 0.005) -> np.ndarray:
     """
     Tissue mask (bool, thumbnail size) of an RGB thumbnail at ``mpp`` um/px: HSV saturation above
-    max(Otsu threshold, ``min_saturation``), closed, regions and holes under ``min_area_mm2`` removed.
+    Otsu's threshold when the class below it looks like glass (mean saturation under
+    ``min_saturation``), else above ``min_saturation``; closed, regions and holes under
+    ``min_area_mm2`` removed.
     """
     sat = cv2.cvtColor(thumb, cv2.COLOR_RGB2HSV)[..., 1]
     sat = cv2.GaussianBlur(sat, (3, 3), 0)
-    threshold = threshold_otsu(sat) if sat.max() > sat.min() else 255
-    mask = sat > max(float(threshold), float(min_saturation))
+    threshold = float(min_saturation)
+    if sat.max() > sat.min():
+        otsu = float(threshold_otsu(sat))
+        # Otsu splits the thumbnail in two classes; its lower class is glass only if it looks like
+        # glass. A thumbnail that is all tissue (a large crop, a full section) has no glass class:
+        # Otsu would cut the tissue in two, so the fixed threshold is used.
+        below = sat[sat <= otsu]
+        if otsu > threshold and below.size and float(below.mean()) < min_saturation:
+            threshold = otsu
+    mask = sat > threshold
     mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8)).astype(bool)
     min_px = max(1, int(round(min_area_mm2 * 1e6 / mpp**2)))
     mask = remove_small_objects(mask, max_size=min_px)
