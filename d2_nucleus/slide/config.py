@@ -48,8 +48,8 @@ def add_slide_config(cfg):
     cfg.SLIDE.TISSUE.ENABLED = True
     # Resolution of the thumbnail tissue is detected on (um/px).
     cfg.SLIDE.TISSUE.THUMBNAIL_MPP = 8.0
-    # Tissue: HSV saturation (0-255) above max(Otsu threshold, this), so that blank glass, whose
-    # saturation is noise, is never split in two by Otsu.
+    # Tissue: HSV saturation (0-255) above this. Glass is grey (saturation under ~15), stained
+    # tissue is not; raise it for slides on tinted glass.
     cfg.SLIDE.TISSUE.MIN_SATURATION = 20
     # Tissue regions (and holes in them) smaller than this many mm^2 are dropped (filled).
     cfg.SLIDE.TISSUE.MIN_AREA_MM2 = 0.005
