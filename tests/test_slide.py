@@ -371,3 +371,27 @@ def test_truncated_slide_fails_cleanly(tmp_path):
     with pytest.raises(SlideError, match="cut.svs"):
         segment_slide(LabelSegmenter(), _cfg(), path, str(out), progress=False)
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_user_tissue_mask_and_list_slides(label_slide, tmp_path):
+    from d2_nucleus.slide import list_slides
+
+    path, labels = label_slide
+    mask = np.zeros((76, 98), np.uint8)  # any size covering the slide: left half is "tissue"
+    mask[:, :49] = 255
+    mask_path = str(tmp_path / "mask.png")
+    cv2.imwrite(mask_path, mask)
+    full = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "all"), progress=False)
+    half = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "half"), tissue_mask=mask_path,
+                         progress=False)
+    assert half["tissue"] == f"mask {mask_path}" and half["tiles_run"] < full["tiles_run"]
+    assert half["tissue_mm2"] == pytest.approx(full["tissue_mm2"] / 2, rel=0.05)
+    xs = np.asarray(pq.read_table(str(tmp_path / "half" / "labels.parquet"))["centroid_x"])
+    assert 0 < len(xs) < full["nuclei"] and xs.max() < labels.shape[1] / 2 + 256
+    # folders are expanded; clashing names are refused
+    (tmp_path / "d").mkdir()
+    for name in ("b.svs", "a.tif", "notes.txt", ".hidden.svs"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    assert [os.path.basename(p) for p in list_slides([str(tmp_path / "d")])] == ["a.tif", "b.svs"]
+    with pytest.raises(ValueError, match="share file names"):
+        list_slides([str(tmp_path / "d" / "b.svs"), str(tmp_path / "b.svs")])
