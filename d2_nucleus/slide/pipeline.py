@@ -18,7 +18,6 @@ stream the records into the outputs, in level-0 pixel coordinates:
 Memory is bounded by a batch of tiles and two rows of seam nuclei, whatever the slide's size.
 """
 import hashlib
-import json
 import logging
 import os
 import queue
