@@ -46,14 +46,14 @@ def write_overview(path: str, thumb: np.ndarray, thumb_scale: float, tissue: np.
     if tissue is not None and tissue.any():
         ax0.contour(tissue.astype(float), levels=[0.5], colors="lime", linewidths=0.8)
     ax0.set_title("tissue (outline)")
-    ax1.set_xlim(0, w)
-    ax1.set_ylim(h, 0)
     ax1.imshow(thumb)
     dens = density.per_mm2()
     masked = np.ma.masked_where(dens <= 0, dens)
     im = ax1.imshow(masked, extent=(0, dens.shape[1] * density.bin_px / thumb_scale, dens.shape[0] * density.bin_px / thumb_scale, 0), cmap="magma", alpha=0.75, interpolation="nearest",
                     vmin=0, vmax=max(float(dens.max()), 1.0))
     fig.colorbar(im, ax=ax1, fraction=0.046, pad=0.04, label=f"nuclei / mm² ({density.bin_um:.0f} µm bins)")
+    ax1.set_xlim(0, w)  # imshow widened the limits to the heatmap's extent
+    ax1.set_ylim(h, 0)
     ax1.set_title("nucleus density")
     for ax in (ax0, ax1):
         ax.set_axis_off()
