@@ -268,8 +268,8 @@ def bench_seams(args):
         m_img = compute_nucleus_metrics(gt, _rasterise(per_image, (h, w)))
         m_sld = compute_nucleus_metrics(gt, _rasterise(mine, (h, w), ox, oy))
         rows.append({"image": item.image_id, "n_image": len(per_image), "n_slide": len(mine),
-                     "aji_image": m_img["aji"], "aji_slide": m_sld["aji"], "pq_image": m_img["pq"],
-                     "pq_slide": m_sld["pq"]})
+                     "aji_image": m_img["AJI"], "aji_slide": m_sld["AJI"], "pq_image": m_img["PQ"],
+                     "pq_slide": m_sld["PQ"]})
         print(json.dumps(rows[-1]))
     d_aji = [abs(r["aji_image"] - r["aji_slide"]) for r in rows]
     d_pq = [abs(r["pq_image"] - r["pq_slide"]) for r in rows]
