@@ -233,9 +233,9 @@ def bench_seams(args):
 
     if not args.raw:
         raise SystemExit("seams needs --raw (the real dataset)")
-    images, items = _tissue_images(args, 24)
+    images, items = _tissue_images(args, args.seam_images)
     slide = os.path.join(args.work, "seams_mosaic.svs")
-    offsets = _mosaic_slide(slide, images, cols=6, gap=200, margin=300)
+    offsets = _mosaic_slide(slide, images, cols=min(6, len(images)), gap=200, margin=300)
     cfg, predictor = _predictor(args, args.opts)
     out = os.path.join(args.work, "out_seams")
     t0 = time.perf_counter()
@@ -298,6 +298,7 @@ def main():
     p.add_argument("--sizes", type=int, nargs="+", default=[40000, 80000])
     p.add_argument("--num-images", type=int, default=6)
     p.add_argument("--cols", type=int, default=3)
+    p.add_argument("--seam-images", type=int, default=24, help="seams: training images in the mosaic (6 a row)")
     p.add_argument("--tile-sizes", type=int, nargs="+", default=[1024])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
