@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import pyarrow as pa
 
 from ..export.geojson import detection_feature, mask_to_polygon, write_geojson_features
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
@@ -340,7 +341,6 @@ def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density,
     mpp_x, mpp_y = mpp
     counts = {"nuclei": 0, "cut": 0}
     schema_fields = {k: TABLE_COLUMNS[k] for k in _TABLE_FIELDS}
-    import pyarrow as pa
 
     with NucleusTableWriter(outputs.table, csv_path=outputs.csv, overwrite=overwrite,
                             schema=pa.schema(list(schema_fields.items()))) as table:
