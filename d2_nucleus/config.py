@@ -158,8 +158,11 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     from detectron2.projects.point_rend import add_pointrend_config
 
     cfg = get_cfg()
+    from .slide.config import add_slide_config
+
     add_pointrend_config(cfg)
     add_nucleus_config(cfg)
+    add_slide_config(cfg)
     if config_file:
         merge_config_file(cfg, config_file)
     if opts:
@@ -168,5 +171,33 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
         cfg.NUCLEUS.DATA_ROOT = data_root
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
+        cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def get_inference_cfg(config_file, opts=None, weights=None, device=None):
+    """
+    The config of an inference CLI (tools/predict.py, tools/segment_slides.py): ``config_file``
+    (must exist) with ``opts`` (KEY VALUE pairs), ``weights`` as ``MODEL.WEIGHTS`` and ``device``
+    as ``MODEL.DEVICE`` when given (default: CUDA when available, else the CPU). Not frozen.
+
+    Raises:
+        FileNotFoundError: no such config file. ValueError: ``opts`` not in pairs.
+    """
+    import os
+
+    import torch
+
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ValueError(f"config overrides must be KEY VALUE pairs, got {opts}")
+    cfg = get_nucleus_cfg(config_file, opts)
+    if weights is not None:
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    elif not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     return cfg

@@ -62,17 +62,9 @@ def get_parser():
 
 
 def setup_cfg(args):
-    import torch
+    from d2_nucleus.config import get_inference_cfg
 
-    from d2_nucleus.config import get_nucleus_cfg
-
-    cfg = get_nucleus_cfg(args.config_file, args.opts)
-    if args.weights is not None:
-        cfg.MODEL.WEIGHTS = args.weights
-    if args.device is not None:
-        cfg.MODEL.DEVICE = args.device
-    elif not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
+    cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     if args.score_thresh is not None:
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
     if args.max_dets is not None:

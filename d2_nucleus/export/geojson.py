@@ -6,7 +6,7 @@ a FeatureCollection with one Polygon Feature per detection, in pixel coordinates
 """
 import json
 import uuid
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -14,7 +14,13 @@ import numpy as np
 from ..utils.rle import to_box_mask
 from ..utils.file_io import atomic_write
 
-__all__ = ["mask_to_polygon", "rles_to_geojson", "write_geojson"]
+__all__ = [
+    "mask_to_polygon",
+    "detection_feature",
+    "rles_to_geojson",
+    "write_geojson",
+    "write_geojson_features",
+]
 
 # QuPath's default colour of the "Nucleus" class (packed RGB, as QuPath writes it).
 _NUCLEUS_COLOR = [160, 90, 160]
@@ -41,6 +47,35 @@ def mask_to_polygon(mask: np.ndarray, x0: int = 0, y0: int = 0) -> List[List[flo
     return ring + [ring[0]]
 
 
+def detection_feature(
+    ring: Sequence[Sequence[float]],
+    feature_id: str,
+    score: Optional[float] = None,
+    class_name: str = "Nucleus",
+    measurements: Optional[Dict[str, float]] = None,
+) -> Dict:
+    """
+    One QuPath detection: a Polygon Feature with the closed ``ring`` (pixel coordinates),
+    ``properties`` = {"objectType": "detection", "classification": {"name": class_name, ...},
+    "measurements": {"Detection score": score, **measurements}}.
+    """
+    properties = {
+        "objectType": "detection",
+        "classification": {"name": class_name, "color": _NUCLEUS_COLOR},
+        "isLocked": False,
+    }
+    values = {} if score is None else {"Detection score": float(score)}
+    values.update(measurements or {})
+    if values:
+        properties["measurements"] = values
+    return {
+        "type": "Feature",
+        "id": feature_id,
+        "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in ring]]},
+        "properties": properties,
+    }
+
+
 def rles_to_geojson(
     rles: Sequence[Dict],
     scores: Optional[Sequence[float]] = None,
@@ -59,24 +94,11 @@ def rles_to_geojson(
         crop = to_box_mask(rle)
         if crop is None:
             continue
-        properties = {
-            "objectType": "detection",
-            "classification": {"name": class_name, "color": _NUCLEUS_COLOR},
-            "isLocked": False,
-        }
-        if scores is not None:
-            properties["measurements"] = {"Detection score": float(scores[i])}
-        if measurements is not None:
-            properties.setdefault("measurements", {}).update(measurements[i])
-        features.append(
-            {
-                "type": "Feature",
-                # deterministic: the same detections give the same file
-                "id": str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{i}/{rle['counts']!s}")),
-                "geometry": {"type": "Polygon", "coordinates": [mask_to_polygon(*crop)]},
-                "properties": properties,
-            }
-        )
+        # deterministic: the same detections give the same file
+        feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{i}/{rle['counts']!s}"))
+        score = float(scores[i]) if scores is not None else None
+        extra = measurements[i] if measurements is not None else None
+        features.append(detection_feature(mask_to_polygon(*crop), feature_id, score, class_name, extra))
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -84,3 +106,18 @@ def write_geojson(collection: Dict, path: str, overwrite: bool = False) -> None:
     """Write a FeatureCollection atomically."""
     with atomic_write(path, overwrite=overwrite) as f:
         f.write(json.dumps(collection, separators=(",", ":")).encode("utf-8"))
+
+
+def write_geojson_features(features: Iterable[Dict], path: str, overwrite: bool = False) -> int:
+    """
+    Stream Features into a FeatureCollection file, one at a time (memory: one feature), to a
+    temporary file renamed into place at the end (all or nothing). Returns the feature count.
+    """
+    count = 0
+    with atomic_write(path, overwrite=overwrite) as f:
+        f.write(b'{"type":"FeatureCollection","features":[')
+        for feature in features:
+            f.write((b"," if count else b"") + json.dumps(feature, separators=(",", ":")).encode("utf-8"))
+            count += 1
+        f.write(b"]}")
+    return count

@@ -1,0 +1,61 @@
+# -*- coding: utf-8 -*-
+"""Config keys of the whole-slide pipeline (tools/segment_slides.py)."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_slide_config", "model_mpp", "TRAINING_DATA_MPP"]
+
+# Resolution of the training data (40x scans, ~0.25 um/px): the model's resolution when the config
+# does not give one (``MODEL.PIXEL_SIZE_UM`` 0 = unknown).
+TRAINING_DATA_MPP = 0.25
+
+
+def add_slide_config(cfg):
+    """
+    Add the whole-slide keys (``cfg.SLIDE``). Safe to call on a config that already has them.
+    The model's resolution is ``cfg.MODEL.PIXEL_SIZE_UM`` (see :func:`model_mpp`): slides are
+    read at the pyramid level closest to it and their tiles resampled to it.
+    """
+    if hasattr(cfg, "SLIDE"):
+        return
+    cfg.SLIDE = CN()
+    # Side of a tile at the model's resolution, overlap included (tiles at the slide's right and
+    # bottom edges are smaller).
+    cfg.SLIDE.TILE_SIZE = 1024
+    # Pixels (at the model's resolution) that neighbouring tiles share. Each nucleus belongs to the
+    # one tile whose core (the tile less half the overlap on each side) holds its box centre; it is
+    # seen whole by that tile when it is at most OVERLAP px wide and high. Nuclei touching a tile's
+    # edge inside the slide are counted as "cut" in the summary: raise OVERLAP if that is not 0.
+    cfg.SLIDE.OVERLAP = 64
+    # Nuclei whose box centre lies up to this many px outside their tile's core are kept too, so
+    # that a nucleus on a seam whose centre two tiles place on different sides of it is not lost;
+    # the duplicate check below removes the second copy.
+    cfg.SLIDE.SEAM_TOLERANCE = 2
+    # Safety net across neighbouring tiles: of two nuclei with mask IoU above this, the one of the
+    # later tile (row-major order) is dropped (the summary counts them).
+    cfg.SLIDE.DUPLICATE_IOU = 0.5
+    # Tiles per forward pass, and batches the loader thread reads ahead of the model.
+    cfg.SLIDE.BATCH_SIZE = 2
+    cfg.SLIDE.PREFETCH_BATCHES = 2
+    # A pyramid level whose resolution is within this relative difference of the model's is used
+    # as is, without resampling (nucleus sizes vary far more between scanners).
+    cfg.SLIDE.MPP_TOLERANCE = 0.1
+    # Nuclei density heatmap of the overview figure: bin side in micrometres.
+    cfg.SLIDE.HEATMAP_BIN_UM = 100.0
+
+    cfg.SLIDE.TISSUE = CN()
+    # Detect tissue on a thumbnail and skip background tiles (tools/segment_slides.py
+    # --no-tissue-mask turns it off, --tissue-mask passes a mask).
+    cfg.SLIDE.TISSUE.ENABLED = True
+    # Resolution of the thumbnail tissue is detected on (um/px).
+    cfg.SLIDE.TISSUE.THUMBNAIL_MPP = 8.0
+    # Tissue: HSV saturation (0-255) above this. Glass is grey (saturation under ~15), stained
+    # tissue is not; raise it for slides on tinted glass.
+    cfg.SLIDE.TISSUE.MIN_SATURATION = 20
+    # Tissue regions (and holes in them) smaller than this many mm^2 are dropped (filled).
+    cfg.SLIDE.TISSUE.MIN_AREA_MM2 = 0.005
+
+
+def model_mpp(cfg) -> float:
+    """The model's resolution in um/px: ``MODEL.PIXEL_SIZE_UM``, or :data:`TRAINING_DATA_MPP` when 0."""
+    value = float(getattr(cfg.MODEL, "PIXEL_SIZE_UM", 0.0) or 0.0)
+    return value if value > 0 else TRAINING_DATA_MPP
