@@ -275,15 +275,24 @@ def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_pat
         segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, csv=True, progress=False)
     # nothing final, the done tiles recorded
     assert sorted(os.listdir(out)) == [".labels.work"]
-    assert len(os.listdir(os.path.join(out, ".labels.work", "tiles"))) == 6
+    done_tiles = os.listdir(os.path.join(out, ".labels.work", "tiles"))
+    assert len(done_tiles) == 6
+    # the done records carry the measurements (on by default): a resumed run writes them back unchanged
+    with open(os.path.join(out, ".labels.work", "tiles", sorted(done_tiles)[0])) as f:
+        done = json.load(f)
+    assert len(done["measurements"]["perimeter_px"]) == len(done["nuclei"]) > 0
     model = LabelSegmenter()
     summary = segment_slide(model, cfg, path, out, csv=True, progress=False)
     assert summary["resumed_tiles"] == 6 and model.calls == (summary["tiles_run"] - 6 + 1) // 2
     for name in ("labels.geojson", "labels.csv"):
         with open(os.path.join(full, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
             assert a.read() == b.read(), name
-    assert pq.read_table(os.path.join(full, "labels.parquet")).equals(pq.read_table(os.path.join(out, "labels.parquet")))
-    assert sorted(os.listdir(out)) == ["labels.csv", "labels.geojson", "labels.overview.png", "labels.parquet",
+    table = pq.read_table(os.path.join(out, "labels.parquet"))
+    assert table.equals(pq.read_table(os.path.join(full, "labels.parquet")))
+    assert {"perimeter_um", "solidity", "hematoxylin_od_mean"} <= set(table.column_names)
+    with open(os.path.join(full, "labels.summary.json")) as a, open(os.path.join(out, "labels.summary.json")) as b:
+        assert json.load(a)["measurements"] == json.load(b)["measurements"]
+    assert sorted(os.listdir(out)) == ["labels.csv", "labels.geojson", "labels.measurements.png", "labels.overview.png", "labels.parquet",
                                        "labels.summary.json"]
     # complete: a rerun does nothing, and nothing is overwritten without asking
     assert segment_slide(LabelSegmenter(fail_after=0), cfg, path, out, progress=False)["status"] == "exists"
@@ -314,6 +323,8 @@ def _load_cli():
 def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     from detectron2.modeling import build_model
 
+    import d2_nucleus.modeling  # noqa: F401  (registers NucleusRCNN; needed when this test runs alone)
+
     cfg = get_nucleus_cfg(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)
     weights = str(tmp_path / "model.pth")
@@ -334,7 +345,7 @@ def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert "2 slide(s) failed" in err and "broken.svs" in err and "nompp.png" in err and "--mpp" in err
-    assert sorted(os.listdir(out)) == ["good.csv", "good.geojson", "good.overview.png", "good.parquet",
+    assert sorted(os.listdir(out)) == ["good.csv", "good.geojson", "good.measurements.png", "good.overview.png", "good.parquet",
                                        "good.summary.json"]
     with open(out / "good.summary.json") as f:
         summary = json.load(f)

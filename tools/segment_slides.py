@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """
 Segment nuclei in whole-slide images (any format OpenSlide reads) and large images, tile by
-tile, with QuPath GeoJSON, a per-nucleus table, an overview PNG and a summary per slide.
+tile, with QuPath GeoJSON, a per-nucleus table with measurements, an overview PNG, a figure of the
+measurements and a summary per slide.
 
     python tools/segment_slides.py --config-file configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml \\
         --weights output/model_final.pth slides/ --out results/
@@ -42,6 +43,12 @@ def get_parser():
                    help="tissue mask image (any size, non-zero = tissue) for one slide, or a folder of "
                    "<slide name>.png masks; replaces tissue detection")
     p.add_argument("--csv", action="store_true", help="also write the per-nucleus table as CSV")
+    p.add_argument("--no-measurements", action="store_true",
+                   help="no per-nucleus measurements (shape, size, H&E optical densities, RGB) in the table "
+                   "and GeoJSON, and no measurement summary and figure (default: SLIDE.MEASUREMENTS.ENABLED)")
+    p.add_argument("--stain", choices=("ruifrok", "macenko"), default=None,
+                   help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, or Macenko "
+                   "estimated once per slide from its thumbnail (default: SLIDE.MEASUREMENTS.STAIN)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # a flag, not trailing words as in tools/predict.py: they could not be told from slide names
@@ -84,6 +91,7 @@ def main(argv=None):
             predictor, cfg, paths, args.out, mpp=args.mpp,
             use_tissue=False if args.no_tissue_mask else None, tissue_mask=args.tissue_mask,
             csv=args.csv, overwrite=args.overwrite, progress=not args.quiet,
+            measurements=False if args.no_measurements else None, stain=args.stain,
         )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"segment_slides: error: {e}", file=sys.stderr)

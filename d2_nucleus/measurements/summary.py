@@ -4,11 +4,11 @@ Summary of an image's (or a slide's) nuclei: count, density per mm^2 of tissue o
 median and inter-quartile range of each measurement.
 """
 import math
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SUMMARY_COLUMNS", "summarize", "summarize_table"]
+__all__ = ["SUMMARY_COLUMNS", "summarize", "summarize_table", "read_summary_columns"]
 
 # Measurements summarised (those present in the table; _um columns only with a resolution).
 SUMMARY_COLUMNS = (
@@ -82,12 +82,17 @@ def summarize(
     return summary
 
 
-def summarize_table(path: str, summary_columns: Sequence[str] = SUMMARY_COLUMNS, **kwargs) -> Dict:
-    """:func:`summarize` of a per-nucleus Parquet table, reading only the summarised columns."""
+def read_summary_columns(path: str, summary_columns: Sequence[str] = SUMMARY_COLUMNS) -> Tuple[Dict[str, np.ndarray], int]:
+    """(the summarised columns present in a per-nucleus Parquet table, its row count)."""
     import pyarrow.parquet as pq
 
     names = set(pq.read_schema(path).names)
     table = pq.read_table(path, columns=[c for c in summary_columns if c in names])
     columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
-    count = pq.read_metadata(path).num_rows
+    return columns, pq.read_metadata(path).num_rows
+
+
+def summarize_table(path: str, summary_columns: Sequence[str] = SUMMARY_COLUMNS, **kwargs) -> Dict:
+    """:func:`summarize` of a per-nucleus Parquet table, reading only the summarised columns."""
+    columns, count = read_summary_columns(path, summary_columns)
     return summarize(columns, summary_columns=summary_columns, count=count, **kwargs)

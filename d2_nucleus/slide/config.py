@@ -42,6 +42,15 @@ def add_slide_config(cfg):
     # Nuclei density heatmap of the overview figure: bin side in micrometres.
     cfg.SLIDE.HEATMAP_BIN_UM = 100.0
 
+    cfg.SLIDE.MEASUREMENTS = CN()
+    # Per-nucleus measurements (d2_nucleus.measurements: shape, size, H&E optical densities, RGB)
+    # in the table and the GeoJSON, their per-slide summary and figure. Cheap next to the model
+    # (~0.1 ms a nucleus); tools/segment_slides.py --no-measurements turns them off.
+    cfg.SLIDE.MEASUREMENTS.ENABLED = True
+    # Stain vectors of the colour deconvolution: "ruifrok" (fixed Ruifrok-Johnston H&E) or
+    # "macenko" (estimated once per slide from its thumbnail).
+    cfg.SLIDE.MEASUREMENTS.STAIN = "ruifrok"
+
     cfg.SLIDE.TISSUE = CN()
     # Detect tissue on a thumbnail and skip background tiles (tools/segment_slides.py
     # --no-tissue-mask turns it off, --tissue-mask passes a mask).

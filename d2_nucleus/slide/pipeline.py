@@ -12,8 +12,11 @@ stream the records into the outputs, in level-0 pixel coordinates:
 * ``<slide>.parquet`` (and ``<slide>.csv`` on request): one row per nucleus
   (:mod:`d2_nucleus.export.tables`);
 * ``<slide>.overview.png``: thumbnail, tissue outline, nucleus density;
-* ``<slide>.summary.json``: resolution, level, tissue area, counts, density, times, hashes.
-  It is written last: a slide with a summary is complete.
+* ``<slide>.measurements.png``: distributions of the nuclei's measurements (with measurements on,
+  ``SLIDE.MEASUREMENTS.ENABLED``; they are also table columns and GeoJSON measurements, see
+  :mod:`.measure`);
+* ``<slide>.summary.json``: resolution, level, tissue area, counts, density, times, hashes, and the
+  median / IQR of each measurement. It is written last: a slide with a summary is complete.
 
 Memory is bounded by a batch of tiles and two rows of seam nuclei, whatever the slide's size.
 """
@@ -32,8 +35,13 @@ import pyarrow as pa
 
 from ..export.geojson import detection_feature, mask_to_polygon, write_geojson_features
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
+from ..measurements.figure import write_distributions
+from ..measurements.qupath import qupath_measurements
+from ..measurements.stain import STAIN_METHODS
+from ..measurements.summary import read_summary_columns, summarize
 from ..utils.file_io import OutputExistsError, atomic_write_json, check_writable
 from .config import model_mpp
+from .measure import TILE_COLUMNS, level0_columns, measure_tile, slide_stain_matrix
 from .overview import DensityMap, write_overview
 from .readers import SlideError, SlideSource, open_slide
 from .stitching import SeamStitcher, tile_records
@@ -65,15 +73,17 @@ class SlideOutputs:
     overview: str
     summary: str
     work: str
+    figure: Optional[str] = None  # measurements' distributions (None: measurements off)
 
     @classmethod
-    def for_slide(cls, out_dir: str, stem: str, csv: bool = False) -> "SlideOutputs":
+    def for_slide(cls, out_dir: str, stem: str, csv: bool = False, measurements: bool = False) -> "SlideOutputs":
         p = lambda suffix: os.path.join(out_dir, stem + suffix)  # noqa: E731
         return cls(p(".geojson"), p(".parquet"), p(".csv") if csv else None, p(".overview.png"),
-                   p(".summary.json"), os.path.join(out_dir, f".{stem}.work"))
+                   p(".summary.json"), os.path.join(out_dir, f".{stem}.work"),
+                   p(".measurements.png") if measurements else None)
 
     def files(self) -> List[str]:
-        return [f for f in (self.geojson, self.table, self.csv, self.overview, self.summary) if f]
+        return [f for f in (self.geojson, self.table, self.csv, self.overview, self.figure, self.summary) if f]
 
 
 def list_slides(inputs: Sequence[str]) -> List[str]:
@@ -185,6 +195,8 @@ def segment_slide(
     csv: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    measurements: Optional[bool] = None,
+    stain: Optional[str] = None,
 ) -> Dict:
     """
     Segment one slide and write its outputs to ``out_dir`` (see the module docstring).
@@ -201,6 +213,9 @@ def segment_slide(
             tissue detection.
         csv: also write the table as CSV.
         overwrite: replace existing outputs.
+        measurements: per-nucleus measurements in the table and GeoJSON, their summary and
+            figure (default ``SLIDE.MEASUREMENTS.ENABLED``).
+        stain: "ruifrok" or "macenko" stain vectors (default ``SLIDE.MEASUREMENTS.STAIN``).
 
     Returns:
         the summary (also written to ``<slide>.summary.json``); ``{"status": "exists", ...}``
@@ -212,7 +227,11 @@ def segment_slide(
     """
     start = time.perf_counter()
     stem = _stem(path)
-    outputs = SlideOutputs.for_slide(out_dir, stem, csv)
+    measure = _measurements_on(cfg, measurements)
+    stain = str(cfg.SLIDE.MEASUREMENTS.STAIN if stain is None else stain) if measure else None
+    if measure and stain not in STAIN_METHODS:
+        raise ValueError(f"stain method must be one of {STAIN_METHODS}, got {stain!r}")
+    outputs = SlideOutputs.for_slide(out_dir, stem, csv, measure)
     if os.path.isfile(outputs.summary) and not overwrite:
         return {"status": "exists", "slide": path, "summary": outputs.summary}
     use_tissue = bool(cfg.SLIDE.TISSUE.ENABLED) if use_tissue is None else use_tissue
@@ -230,6 +249,9 @@ def segment_slide(
         w0, h0 = source.dimensions
         tissue_mm2 = (mask_area_mm2(tissue, thumb_scale * mpp0) if tissue is not None
                       else w0 * h0 * mpp0 * source.mpp[1] / 1e6)
+        rgb_from_stain = None
+        if measure:
+            stain, rgb_from_stain = slide_stain_matrix(thumb, stain, path)
         weights = str(cfg.MODEL.WEIGHTS)
         st = os.stat(path)
         run_info = {
@@ -239,6 +261,9 @@ def segment_slide(
             "score_thresh": float(cfg.TEST.LABEL_MAP_SCORE_THRESH),
             "config_sha256": hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest(),
             "weights_sha256": file_sha256(weights) if os.path.isfile(weights) else weights,
+            # done records hold the measurements only when they are on
+            "measurements": {"stain": stain, "rgb_from_stain": np.asarray(rgb_from_stain).tolist()}
+            if measure else None,
         }
         # Existing outputs are replaced only with --overwrite, or when an interrupted run of this
         # very slide and settings wrote them (its work folder is there and matches).
@@ -249,13 +274,20 @@ def segment_slide(
 
         tiles = [t for t in grid if selected[t.row, t.col]]
         todo = [t for t in tiles if not work.done(t)]
-        timing = {"read": 0.0, "model": 0.0, "stitch": 0.0}
-        _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path)
+        timing = {"read": 0.0, "model": 0.0, "stitch": 0.0, "measure": 0.0}
+        _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path,
+                       rgb_from_stain if measure else False)
 
         t0 = time.perf_counter()
         density = DensityMap(w0, h0, mpp0, float(cfg.SLIDE.HEATMAP_BIN_UM))
-        counts = _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, source.mpp, density, overwrite or own)
+        counts = _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, source.mpp, density, overwrite or own,
+                               measure)
         timing["stitch"] += time.perf_counter() - t0
+        measurement_summary = None
+        if measure:
+            t0 = time.perf_counter()
+            measurement_summary = _measurement_outputs(outputs, path, mpp0, tissue_mm2, overwrite or own)
+            timing["measure"] += time.perf_counter() - t0
 
         title = f"{os.path.basename(path)}: {counts['nuclei']} nuclei, {tissue_mm2:.2f} mm² tissue"
         write_overview(outputs.overview, thumb, thumb_scale, tissue, density, title, overwrite=overwrite or own)
@@ -287,11 +319,16 @@ def segment_slide(
             "seconds_read": timing["read"],
             "seconds_model": timing["model"],
             "seconds_stitch": timing["stitch"],
+            "seconds_measure": timing["measure"],
             "config_sha256": run_info["config_sha256"],
             "weights": weights,
             "weights_sha256": run_info["weights_sha256"],
             "outputs": {"geojson": outputs.geojson, "table": outputs.table, "csv": outputs.csv,
-                        "overview": outputs.overview},
+                        "overview": outputs.overview, "measurements_figure": outputs.figure},
+            "stain": stain,
+            "stain_vectors": np.asarray(rgb_from_stain).round(6).tolist() if stain == "macenko" else None,
+            # median, quartiles, IQR, mean of each measurement (measurements.summary.summarize)
+            "measurements": measurement_summary,
         }
         if counts["cut"]:
             logger.warning("%s: %d nuclei touch a tile edge (larger than SLIDE.OVERLAP %d px): raise the overlap",
@@ -308,8 +345,17 @@ def segment_slide(
         source.close()
 
 
-def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path):
-    """Run the model on ``todo`` tiles and store each tile's nuclei as its done record."""
+def _measurements_on(cfg, measurements: Optional[bool]) -> bool:
+    if measurements is not None:
+        return bool(measurements)
+    return bool(cfg.SLIDE.MEASUREMENTS.ENABLED) if "MEASUREMENTS" in cfg.SLIDE else True
+
+
+def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path, rgb_from_stain=False):
+    """
+    Run the model on ``todo`` tiles and store each tile's nuclei (and, unless ``rgb_from_stain``
+    is False, their measurements with that stain matrix) as its done record.
+    """
     from tqdm import tqdm
 
     bgr = getattr(predictor, "input_format", "BGR") == "BGR"
@@ -324,9 +370,15 @@ def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, p
             outputs = predictor([img[:, :, ::-1] if bgr else img for img in images])
             timing["model"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            for tile, instances in zip(batch, outputs):
+            for tile, image, instances in zip(batch, images, outputs):
                 records, cut = tile_records(instances, tile, grid, score_thresh, tolerance)
-                work.save(tile, records, cut)
+                values = None
+                if rgb_from_stain is not False:
+                    t1 = time.perf_counter()
+                    values = measure_tile(records, tile, image, rgb_from_stain)
+                    timing["measure"] += time.perf_counter() - t1
+                    t0 += time.perf_counter() - t1  # not stitching time
+                work.save(tile, records, cut, measurements=values)
             timing["stitch"] += time.perf_counter() - t0
             bar.update(len(batch))
     finally:
@@ -334,27 +386,35 @@ def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, p
         bar.close()
 
 
-def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density, overwrite) -> Dict[str, int]:
+def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density, overwrite,
+                  measure: bool = False) -> Dict[str, int]:
     """Stream the done records, less seam duplicates, into the GeoJSON and the table."""
     stitcher = SeamStitcher(grid, float(cfg.SLIDE.DUPLICATE_IOU))
     s = geometry.scale
     mpp_x, mpp_y = mpp
     counts = {"nuclei": 0, "cut": 0}
-    schema_fields = {k: TABLE_COLUMNS[k] for k in _TABLE_FIELDS}
+    names = set(_TABLE_FIELDS)
+    if measure:
+        names |= set(level0_columns({c: [] for c in TILE_COLUMNS}, geometry))
+    schema = pa.schema([(k, t) for k, t in TABLE_COLUMNS.items() if k in names])
 
-    with NucleusTableWriter(outputs.table, csv_path=outputs.csv, overwrite=overwrite,
-                            schema=pa.schema(list(schema_fields.items()))) as table:
+    with NucleusTableWriter(outputs.table, csv_path=outputs.csv, overwrite=overwrite, schema=schema) as table:
 
         def features():
             for tile in tiles:
                 done = work.load(tile)
                 counts["cut"] += int(done["cut"])
                 rows = {k: [] for k in _TABLE_FIELDS}
+                # the stitcher yields the done record's own record objects: their position in it
+                position = {id(r): i for i, r in enumerate(done["nuclei"])}
+                kept, rings, ids = [], [], []
                 for record, mask in stitcher.add(tile, done["nuclei"]):
                     score, x0, y0, w, h, _ = record
                     nid = counts["nuclei"]
                     counts["nuclei"] += 1
-                    ring = np.asarray(mask_to_polygon(mask, x0, y0)) * s  # level-0
+                    kept.append(position[id(record)])
+                    ids.append(nid)
+                    rings.append(np.asarray(mask_to_polygon(mask, x0, y0)) * s)  # level-0
                     ys, xs = np.nonzero(mask)
                     cx, cy = (xs.mean() + x0 + 0.5) * s - 0.5, (ys.mean() + y0 + 0.5) * s - 0.5
                     n = len(xs)
@@ -372,20 +432,37 @@ def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density,
                     rows["bbox_y1"].append(int(np.ceil((y0 + h) * s)))
                     rows["area_px"].append(int(round(n * s * s)))
                     rows["area_um2"].append(n * geometry.working_mpp**2)
+                if not ids:
+                    continue
+                columns = {k: np.asarray(v) for k, v in rows.items()}
+                extra = [{} for _ in ids]
+                if measure:
+                    values = done["measurements"]
+                    columns.update(level0_columns({c: [values[c][i] for i in kept] for c in TILE_COLUMNS}, geometry))
+                    extra = qupath_measurements(columns, mpp_x)
+                table.write(columns)
+                density.add(columns["centroid_x"], columns["centroid_y"])
+                for nid, ring, score, more in zip(ids, rings, rows["score"], extra):
                     feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{stem}/{nid}"))
-                    yield detection_feature(np.round(ring, 2).tolist(), feature_id, score)
-                if rows["id"]:
-                    table.write({k: np.asarray(v) for k, v in rows.items()})
-                    density.add(np.asarray(rows["centroid_x"]), np.asarray(rows["centroid_y"]))
+                    yield detection_feature(np.round(ring, 2).tolist(), feature_id, score, measurements=more)
 
         write_geojson_features(features(), outputs.geojson, overwrite=overwrite)
     counts["duplicates"] = stitcher.duplicates
     return counts
 
 
+def _measurement_outputs(outputs: SlideOutputs, path: str, mpp: float, tissue_mm2: float, overwrite: bool) -> Dict:
+    """The per-slide measurement summary (returned, for the summary JSON) and figure, from the table."""
+    columns, count = read_summary_columns(outputs.table)
+    stats = summarize(columns, mpp=mpp, tissue_area_mm2=tissue_mm2, count=count)
+    write_distributions(columns, outputs.figure, title=os.path.basename(path), overwrite=overwrite)
+    return stats["measurements"]
+
+
 def segment_slides(predictor, cfg, paths: Sequence[str], out_dir: str, mpp: Optional[float] = None,
                    use_tissue: Optional[bool] = None, tissue_mask: Optional[str] = None, csv: bool = False,
-                   overwrite: bool = False, progress: bool = True) -> Tuple[List[Dict], List[str]]:
+                   overwrite: bool = False, progress: bool = True, measurements: Optional[bool] = None,
+                   stain: Optional[str] = None) -> Tuple[List[Dict], List[str]]:
     """
     Segment several slides; a bad slide does not stop the others.
 
@@ -403,7 +480,8 @@ def segment_slides(predictor, cfg, paths: Sequence[str], out_dir: str, mpp: Opti
             mask = candidate if os.path.isfile(candidate) else None
         try:
             summaries.append(segment_slide(predictor, cfg, path, out_dir, mpp=mpp, use_tissue=use_tissue,
-                                           tissue_mask=mask, csv=csv, overwrite=overwrite, progress=progress))
+                                           tissue_mask=mask, csv=csv, overwrite=overwrite, progress=progress,
+                                           measurements=measurements, stain=stain))
         except (SlideError, OutputExistsError, OSError) as e:
             logger.error("%s", e)
             errors.append(str(e) if path in str(e) else f"{path}: {e}")

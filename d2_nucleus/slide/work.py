@@ -3,9 +3,9 @@
 The per-slide work folder that makes a run resumable.
 
 ``<out>/.<slide>.work/`` holds ``run.json`` (what the run depends on: slide file, geometry,
-tiles, config and weights hashes) and one ``tiles/<tile>.json`` done record per finished tile (its
-nuclei, see :mod:`.stitching`), each written atomically. A run killed at any moment and started
-again with the same command finds the same ``run.json`` and predicts only the tiles without a
+tiles, config and weights hashes, stain vectors) and one ``tiles/<tile>.json`` done record per
+finished tile (its nuclei, see :mod:`.stitching`, and their measurements, see :mod:`.measure`),
+each written atomically. A run killed at any moment and started again with the same command finds the same ``run.json`` and predicts only the tiles without a
 record; the final outputs are rebuilt from the records, so they equal those of an uninterrupted
 run. A work folder of a different run (other settings, changed slide) is started over.
 """
@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ..utils.file_io import atomic_write_json
 from .tiling import Tile
@@ -55,8 +55,12 @@ class WorkFolder:
     def done(self, tile: Tile) -> bool:
         return os.path.isfile(self._tile_path(tile))
 
-    def save(self, tile: Tile, records: List, cut: int) -> None:
-        atomic_write_json(self._tile_path(tile), {"cut": int(cut), "nuclei": records}, overwrite=True)
+    def save(self, tile: Tile, records: List, cut: int, measurements: Optional[Dict] = None) -> None:
+        """``measurements``: the records' measurement columns (:mod:`.measure`), kept with them."""
+        done = {"cut": int(cut), "nuclei": records}
+        if measurements is not None:
+            done["measurements"] = measurements
+        atomic_write_json(self._tile_path(tile), done, overwrite=True)
 
     def load(self, tile: Tile) -> Dict:
         with open(self._tile_path(tile)) as f:
