@@ -199,7 +199,7 @@ def _rasterise(features, shape, dx=0, dy=0):
 
 
 def _duplicates(features, iou=0.5):
-    """Pairs of polygons with mask IoU > iou (boxes bucketed on a 64 px grid)."""
+    """Pairs (i, j) of polygons with mask IoU > iou (boxes bucketed on a 64 px grid)."""
     from d2_nucleus.slide.stitching import crop_iou
 
     crops, buckets = [], {}
@@ -220,7 +220,7 @@ def _duplicates(features, iou=0.5):
                 i, j = members[a], members[b]
                 if (i, j) not in pairs and crop_iou(crops[i], crops[j]) > iou:
                     pairs.add((i, j))
-    return len(pairs)
+    return pairs
 
 
 def bench_seams(args):
@@ -244,8 +244,13 @@ def bench_seams(args):
     with open(os.path.join(out, "seams_mosaic.geojson")) as f:
         features = json.load(f)["features"]
     thresh = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
+    import pyarrow.parquet as pq
+
+    tile_of = pq.read_table(os.path.join(out, "seams_mosaic.parquet"), columns=["tile"])["tile"].to_pylist()
+    pairs = _duplicates(features)
     rows = []
     t_pred = 0.0
+    image_dups = 0
     for im, item, (ox, oy) in zip(images, items, offsets):
         h, w = im.shape[:2]
         gt = np.zeros((h, w), np.int32)
@@ -259,6 +264,7 @@ def bench_seams(args):
         scores = [float(inst.scores[i]) for i in keep]
         nonempty = [i for i, r in enumerate(rles) if rle_counts(r)[1::2].sum() > 0]
         per_image = rles_to_geojson([rles[i] for i in nonempty], [scores[i] for i in nonempty])["features"]
+        image_dups += len(_duplicates(per_image))
         mine = []
         for f in features:
             ring = np.asarray(f["geometry"]["coordinates"][0])
@@ -280,8 +286,12 @@ def bench_seams(args):
         "mean_aji_slide": float(np.mean([r["aji_slide"] for r in rows])),
         "mean_pq_image": float(np.mean([r["pq_image"] for r in rows])),
         "mean_pq_slide": float(np.mean([r["pq_slide"] for r in rows])),
-        "duplicates_iou_gt_0.5": _duplicates(features), "duplicates_removed": summary["duplicates_removed"],
+        "duplicates_iou_gt_0.5": len(pairs),
+        # pairs of one tile are the model's own overlapping outputs (as in per-image prediction), not seams
+        "duplicates_across_tiles": sum(tile_of[i] != tile_of[j] for i, j in pairs),
+        "per_image_duplicates_iou_gt_0.5": image_dups, "duplicates_removed": summary["duplicates_removed"],
         "cut_at_tile_edges": summary["nuclei_cut_at_tile_edges"], "slide_s": slide_s, "per_image_model_s": t_pred,
+        "slide_model_s": summary["seconds_model"], "slide_measure_s": summary.get("seconds_measure"),
         "tiles_run": summary["tiles_run"], "tiles": summary["tiles"],
     }
     print(json.dumps(result))
