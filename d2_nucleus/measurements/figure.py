@@ -7,7 +7,7 @@ import numpy as np
 
 from ..utils.file_io import atomic_write
 
-__all__ = ["plot_distributions", "write_distributions"]
+__all__ = ["FIGURE_COLUMNS", "plot_distributions", "write_distributions"]
 
 # (column in um, column in px, label in um, label in px)
 _PANELS = (
@@ -18,6 +18,8 @@ _PANELS = (
     ("eccentricity", "eccentricity", "Eccentricity", "Eccentricity"),
     ("hematoxylin_od_mean", "hematoxylin_od_mean", "Haematoxylin OD mean", "Haematoxylin OD mean"),
 )
+# The table columns the figure reads.
+FIGURE_COLUMNS = tuple(dict.fromkeys(c for panel in _PANELS for c in panel[:2]))
 
 
 def plot_distributions(columns: Mapping[str, np.ndarray], title: str = "", calibrated: Optional[bool] = None):

@@ -35,10 +35,10 @@ import pyarrow as pa
 
 from ..export.geojson import detection_feature, mask_to_polygon, write_geojson_features
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
-from ..measurements.figure import write_distributions
+from ..measurements.figure import FIGURE_COLUMNS, write_distributions
 from ..measurements.qupath import qupath_measurements
 from ..measurements.stain import STAIN_METHODS
-from ..measurements.summary import read_summary_columns, summarize
+from ..measurements.summary import SUMMARY_COLUMNS, read_summary_columns, summarize
 from ..utils.file_io import OutputExistsError, atomic_write_json, check_writable
 from .config import model_mpp
 from .measure import TILE_COLUMNS, level0_columns, measure_tile, slide_stain_matrix
@@ -452,11 +452,20 @@ def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density,
 
 
 def _measurement_outputs(outputs: SlideOutputs, path: str, mpp: float, tissue_mm2: float, overwrite: bool) -> Dict:
-    """The per-slide measurement summary (returned, for the summary JSON) and figure, from the table."""
-    columns, count = read_summary_columns(outputs.table)
-    stats = summarize(columns, mpp=mpp, tissue_area_mm2=tissue_mm2, count=count)
+    """
+    The per-slide measurement summary (returned, for the summary JSON) and figure, from the table.
+    The table is read one column at a time for the summary, and only the figure's columns for
+    the figure: memory is a few columns of the slide's nuclei (8 bytes a nucleus each).
+    """
+    stats = {}
+    for name in SUMMARY_COLUMNS:
+        columns, count = read_summary_columns(outputs.table, [name])
+        if columns:
+            stats.update(summarize(columns, mpp=mpp, tissue_area_mm2=tissue_mm2, count=count,
+                                   summary_columns=[name])["measurements"])
+    columns, _ = read_summary_columns(outputs.table, FIGURE_COLUMNS)
     write_distributions(columns, outputs.figure, title=os.path.basename(path), overwrite=overwrite)
-    return stats["measurements"]
+    return stats
 
 
 def segment_slides(predictor, cfg, paths: Sequence[str], out_dir: str, mpp: Optional[float] = None,
