@@ -6,6 +6,7 @@ Benchmarks of the whole-slide pipeline (tools/segment_slides.py); numbers in BEN
     python bench/bench_slide.py speed  --config-file C --weights W [--raw RAW]  # vs predict, same pixels
     python bench/bench_slide.py resume --config-file C --weights W [--raw RAW]  # kill -9, rerun, compare
     python bench/bench_slide.py seams  --config-file C --weights W --raw RAW    # real mosaic vs per image
+    python bench/bench_slide.py glass  --config-file C --weights W --raw RAW --seam-images 2  # context check
 
 Slides are built in --work (default /tmp/bench_slide) from synthetic H&E (d2_nucleus.data.synthetic)
 or, with --raw, the real training images (never written inside the repository).
@@ -298,9 +299,28 @@ def bench_seams(args):
     return result
 
 
+def bench_glass(args):
+    """The model on an image alone vs the same image centred in glass (does context change it?)."""
+    from d2_nucleus.data.synthetic_slide import GLASS_RGB
+
+    images, items = _tissue_images(args, args.seam_images)
+    cfg, predictor = _predictor(args, args.opts)
+    thresh = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
+    rows = []
+    for im, item in zip(images, items or [None] * len(images)):
+        h, w = im.shape[:2]
+        canvas = np.empty((h + 2 * args.glass, w + 2 * args.glass, 3), np.uint8)
+        canvas[:] = GLASS_RGB
+        canvas[args.glass : args.glass + h, args.glass : args.glass + w] = im
+        counts = [int((predictor([x[:, :, ::-1].copy()])[0].scores >= thresh).sum()) for x in (im, canvas)]
+        rows.append({"image": item.image_id if item else len(rows), "alone": counts[0], "in_glass": counts[1]})
+        print(json.dumps(rows[-1]))
+    return {"glass_px": args.glass, "rows": rows}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("memory", "speed", "resume", "seams"))
+    p.add_argument("what", choices=("memory", "speed", "resume", "seams", "glass"))
     p.add_argument("--config-file", default=os.path.join(ROOT, "configs", "cpu", "mask_rcnn_R_18_FPN_cpu_gn.yaml"))
     p.add_argument("--weights", required=True)
     p.add_argument("--raw", default=os.environ.get("D2_NUCLEUS_RAW_DATA"))
@@ -309,13 +329,15 @@ def main():
     p.add_argument("--num-images", type=int, default=6)
     p.add_argument("--cols", type=int, default=3)
     p.add_argument("--seam-images", type=int, default=24, help="seams: training images in the mosaic (6 a row)")
+    p.add_argument("--glass", type=int, default=212, help="glass: px of glass around each image")
     p.add_argument("--tile-sizes", type=int, nargs="+", default=[1024])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--opts", nargs="+", default=[], help="config overrides (seams), e.g. TEST.LABEL_MAP_SCORE_THRESH 0.3")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
-    result = {"memory": bench_memory, "speed": bench_speed, "resume": bench_resume, "seams": bench_seams}[args.what](args)
+    result = {"memory": bench_memory, "speed": bench_speed, "resume": bench_resume, "seams": bench_seams,
+              "glass": bench_glass}[args.what](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
