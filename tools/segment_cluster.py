@@ -138,13 +138,10 @@ def main(argv=None):
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "exists", "failed")}
     print(f"{counts['done']} slide(s) done, {counts['exists']} already complete, {counts['failed']} failed; "
           f"report: {report}")
-    failed = [r for r in rows if r["status"] == "failed"]
-    if failed:
-        print(f"{len(failed)} slide(s) failed:", file=sys.stderr)
-        for r in failed:
-            print(f"  {r['error']}", file=sys.stderr)
-        return 1
-    return 0
+    errors = [f"  {r['error']}" for r in rows if r["status"] == "failed"]
+    if errors:
+        print("\n".join([f"{len(errors)} slide(s) failed:"] + errors), file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
