@@ -118,8 +118,9 @@ def main(argv=None):
                                           dashboard_address=args.dashboard_address)
             client = Client(cluster)
         info = client.scheduler_info()
-        dashboard = client.dashboard_link if "dashboard" in info.get("services", {}) else \
-            "not running (the dashboard needs the bokeh package)"
+        dashboard = client.dashboard_link if "dashboard" in info.get("services", {}) else "not running"
+        if cluster is not None and importlib.util.find_spec("bokeh") is None:
+            dashboard += " (its pages need the bokeh package: pip install bokeh)"
         print(f"Dask scheduler {info['address']}, {len(info['workers'])} worker(s); dashboard: {dashboard}", flush=True)
         rows = segment_slides_on_cluster(
             client, cfg, jobs, os.path.abspath(args.out),
