@@ -323,7 +323,7 @@ def _load_cli():
 def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     from detectron2.modeling import build_model
 
-    import d2_nucleus.modeling  # noqa: F401  (registers NucleusRCNN; needed when this test runs alone)
+    import d2_nucleus.modeling  # noqa: F401  (registers NucleusRCNN: the test also runs alone)
 
     cfg = get_nucleus_cfg(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"])
     torch.manual_seed(0)

@@ -273,7 +273,10 @@ def segment_slide(
         work = WorkFolder(outputs.work, run_info)
 
         tiles = [t for t in grid if selected[t.row, t.col]]
-        todo = [t for t in tiles if not work.done(t)]
+        # whole batches as an uninterrupted run forms them: a tile's batch partners change its
+        # result (padding to the batch's largest tile shifts GroupNorm statistics)
+        bs = max(1, int(cfg.SLIDE.BATCH_SIZE))
+        todo = [t for i in range(0, len(tiles), bs) if not all(map(work.done, tiles[i : i + bs])) for t in tiles[i : i + bs]]
         timing = {"read": 0.0, "model": 0.0, "stitch": 0.0, "measure": 0.0}
         _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path,
                        rgb_from_stain if measure else False)

@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""
+Segment nuclei in many slides on a Dask cluster: each slide is a task running the pipeline of
+tools/segment_slides.py (same flags, same outputs), one model per worker, with retries, resume
+and a run report (one row per slide).
+
+    # a LocalCluster on this machine (workers = GPUs, or CPU processes)
+    python tools/segment_cluster.py --config-file configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml \\
+        --weights output/model_final.pth slides/ --out results/ --workers 2 --threads-per-worker 4
+    # join a running cluster (workers see the same files), manifest CSV with path[,mpp] rows
+    python tools/segment_cluster.py --config-file ... --weights ... manifest.csv --out results/ \\
+        --scheduler tcp://head:8786
+
+Running the same command again skips complete slides and resumes partial ones.
+"""
+import importlib.util
+import logging
+import os
+import sys
+
+
+def _slide_tool():
+    """tools/segment_slides.py: its flags and config set-up are this tool's too (no copy)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segment_slides.py")
+    spec = importlib.util.spec_from_file_location("segment_slides_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_parser(slide_tool=None):
+    p = (slide_tool or _slide_tool()).get_parser()
+    p.description = __doc__
+    p.prog = "segment_cluster.py"
+    for action in p._actions:
+        if action.dest == "slides":
+            action.help = ("slide or image files, folders of them, glob patterns (quoted: 'data/**/*.svs'), "
+                           "or CSV manifests with a 'path' column and an optional 'mpp' column")
+    g = p.add_argument_group("cluster")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="join a running Dask scheduler, e.g. tcp://head:8786 (default: start a LocalCluster)")
+    where.add_argument("--scheduler-file", default=None, metavar="FILE",
+                       help="join the Dask scheduler described by this file (dask scheduler --scheduler-file)")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="LocalCluster worker processes (default: one per GPU with CUDA, else CPU cores / "
+                   "--threads-per-worker)")
+    g.add_argument("--threads-per-worker", type=int, default=None, metavar="N",
+                   help="CPU threads of each worker's model; a worker runs one slide at a time "
+                   "(default: 1 with CUDA, else CPU cores / workers, at most 4)")
+    g.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="retries of a task raising an unexpected error (not of slides failing for their own "
+                   "reasons) (default: 2)")
+    g.add_argument("--worker-deaths", type=int, default=3, metavar="N",
+                   help="a slide whose workers die N+1 times is reported failed (LocalCluster; on your own "
+                   "scheduler set distributed.scheduler.allowed-failures) (default: 3)")
+    g.add_argument("--dashboard-address", default=":8787", metavar="HOST:PORT",
+                   help="LocalCluster dashboard address (default :8787; :0 picks a free port)")
+    g.add_argument("--report", default=None, metavar="FILE",
+                   help="run report, .csv or .parquet, one row per slide, replaced each run "
+                   "(default: <out>/cluster_report.csv)")
+    return p
+
+
+def _local_sizes(args, cuda: bool):
+    cores = os.cpu_count() or 1
+    if cuda:
+        import torch
+
+        return args.workers or torch.cuda.device_count(), args.threads_per_worker or 1
+    threads = args.threads_per_worker or min(4, max(1, cores // (args.workers or 1)))
+    return args.workers or max(1, cores // threads), threads
+
+
+def main(argv=None):
+    slide_tool = _slide_tool()
+    args = get_parser(slide_tool).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from d2_nucleus.slide.cluster import (
+        read_manifest, segment_slides_on_cluster, start_local_cluster, write_report,
+    )
+
+    try:
+        if args.tissue_mask and args.no_tissue_mask:
+            raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
+        for flag, least in (("workers", 1), ("threads_per_worker", 1), ("retries", 0), ("worker_deaths", 0)):
+            value = getattr(args, flag)
+            if value is not None and value < least:
+                raise ValueError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
+        cfg = slide_tool.setup_cfg(args)
+        jobs = read_manifest(args.slides, args.mpp)
+        if args.tissue_mask and os.path.isfile(args.tissue_mask) and len(jobs) > 1:
+            raise ValueError("one --tissue-mask file for several slides; pass a folder of <slide>.png masks")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise NotADirectoryError(f"--out {args.out!r} is a file")
+        weights = str(cfg.MODEL.WEIGHTS)
+        if not os.path.isfile(weights):
+            raise FileNotFoundError(f"model weights {weights!r} not found (pass --weights)")
+        # weights and slides are read by the workers: give them absolute paths
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = os.path.abspath(weights)
+        cfg.freeze()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        print(f"segment_cluster: error: {e}", file=sys.stderr)
+        return 2
+
+    from distributed import Client
+
+    cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
+    cluster = client = None
+    try:
+        if args.scheduler or args.scheduler_file:
+            client = Client(args.scheduler, scheduler_file=args.scheduler_file)
+            threads = args.threads_per_worker
+        else:
+            workers, threads = _local_sizes(args, cuda)
+            cluster = start_local_cluster(workers, threads, gpus=cuda, worker_deaths=args.worker_deaths,
+                                          dashboard_address=args.dashboard_address)
+            client = Client(cluster)
+        info = client.scheduler_info()
+        dashboard = client.dashboard_link if "dashboard" in info.get("services", {}) else "not running"
+        if cluster is not None and importlib.util.find_spec("bokeh") is None:
+            dashboard += " (its pages need the bokeh package: pip install bokeh)"
+        print(f"Dask scheduler {info['address']}, {len(info['workers'])} worker(s); dashboard: {dashboard}", flush=True)
+        rows = segment_slides_on_cluster(
+            client, cfg, jobs, os.path.abspath(args.out),
+            use_tissue=False if args.no_tissue_mask else None,
+            tissue_mask=os.path.abspath(args.tissue_mask) if args.tissue_mask else None,
+            csv=args.csv, overwrite=args.overwrite, retries=args.retries, torch_threads=threads,
+            progress=not args.quiet,
+        )
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+    report = args.report or os.path.join(args.out, "cluster_report.csv")
+    write_report(rows, report)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "exists", "failed")}
+    print(f"{counts['done']} slide(s) done, {counts['exists']} already complete, {counts['failed']} failed; "
+          f"report: {report}")
+    errors = [f"  {r['error']}" for r in rows if r["status"] == "failed"]
+    if errors:
+        print("\n".join([f"{len(errors)} slide(s) failed:"] + errors), file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
