@@ -57,6 +57,8 @@ def test_lazy_names_still_resolve():
     ("predict.py", ["--help"]),
     ("make_synthetic.py", ["--help"]),
     ("install_detectron2.py", ["--help"]),
+    ("segment_slides.py", ["--help"]),
+    ("segment_cluster.py", ["--help"]),
 ])
 def test_cli_help_without_torch(tool, args):
     code = (

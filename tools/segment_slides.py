@@ -16,8 +16,6 @@ import logging
 import os
 import sys
 
-from d2_nucleus.config import get_inference_cfg
-
 
 def get_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +56,9 @@ def get_parser():
 
 
 def setup_cfg(args):
+    # Imported here: --help and argument errors return without loading torch / Detectron2.
+    from d2_nucleus.config import get_inference_cfg
+
     cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     for value, key in ((args.tile_size, "TILE_SIZE"), (args.overlap, "OVERLAP"), (args.batch_size, "BATCH_SIZE")):
         if value is not None:
