@@ -11,7 +11,9 @@ Variants (all train the same model from the same initial weights on random 512 p
              fp32, NCHW, DefaultTrainer's SimpleTrainer.
   mapper     plain + NucleusDatasetMapper's label-map fast path (same crop + flip augmentation).
   bf16       mapper + bfloat16 autocast on the CPU (AVX-512 BF16 / AMX).
-  recipe     bf16 + channels-last: what `SOLVER.CPU_BF16 True MODEL.CHANNELS_LAST True` gives.
+  recipe0    bf16 + channels-last with the CPU speed options of issue 15 off (MODEL.FAST_GROUP_NORM,
+             ROI_FEATURES_ONCE, CPU_TUNE_MALLOC False, ROI_ALIGN_THREADS 1): the recipe before them.
+  recipe     bf16 + channels-last + those options (the defaults): what the CPU recipe trains with.
 
 The model defaults to the light ResNet-18-FPN GroupNorm Mask R-CNN (configs/cpu/).
 """
@@ -28,8 +30,14 @@ VARIANTS = {
     "plain": dict(mapper="detectron2", bf16=False, channels_last=False),
     "mapper": dict(mapper="nucleus", bf16=False, channels_last=False),
     "bf16": dict(mapper="nucleus", bf16=True, channels_last=False),
+    "recipe0": dict(mapper="nucleus", bf16=True, channels_last=True, opts=[
+        "MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_FEATURES_ONCE", "False",
+        "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1"]),
     "recipe": dict(mapper="nucleus", bf16=True, channels_last=True),
 }
+# the variants before "recipe" ran Detectron2's code paths: the speed options off
+for _v in ("plain", "mapper", "bf16"):
+    VARIANTS[_v]["opts"] = VARIANTS["recipe0"]["opts"]
 
 
 def run_variant(args, name):
@@ -42,6 +50,7 @@ def run_variant(args, name):
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
+    import d2_nucleus.modeling  # noqa: F401  (registers NucleusRCNN)
     from d2_nucleus.config import get_nucleus_cfg
     from d2_nucleus.data import NucleusDatasetMapper, register_nucleus_datasets
 
@@ -56,7 +65,7 @@ def run_variant(args, name):
         "MODEL.CHANNELS_LAST", str(v["channels_last"]),
         # the same augmentation for every variant: Detectron2's crop + horizontal flip
         "INPUT.VFLIP", "False", "INPUT.ROT90", "False", "INPUT.STAIN_JITTER.ENABLED", "False",
-    ] + args.opts
+    ] + v.get("opts", []) + args.opts
     cfg = get_nucleus_cfg(os.path.join(ROOT, args.config), opts, data_root=args.data_root)
     register_nucleus_datasets(cfg=cfg)
     torch.manual_seed(0)

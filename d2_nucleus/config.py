@@ -79,6 +79,18 @@ def add_nucleus_config(cfg):
     cfg.SOLVER.CPU_BF16 = False
     # Channels-last memory format for the model and images.
     cfg.MODEL.CHANNELS_LAST = False
+    # With CHANNELS_LAST: GroupNorms of RoI batches take PyTorch's NCHW kernel, ~4-15x faster there
+    # (modeling/group_norm.py).
+    cfg.MODEL.FAST_GROUP_NORM = True
+    # CPU threads each RoIAlign forward/backward runs on (0: all of torch's; 1: torchvision's
+    # single-threaded kernel as is; modeling/roi_align.py).
+    cfg.MODEL.ROI_ALIGN_THREADS = 0
+    # The RoI heads get their feature maps as float32 NCHW, converted once an image (RoIAlign
+    # would convert them at every call under bf16 autocast / channels-last).
+    cfg.MODEL.ROI_FEATURES_ONCE = True
+    # Raise glibc's mmap/trim thresholds on CPU so large activations are not page-faulted in
+    # again at every step (utils/malloc.py).
+    cfg.MODEL.CPU_TUNE_MALLOC = True
 
     # ---------------------------------------------------------------------------------------------
     # Inference: test-time augmentation (tools/predict.py --tta; modeling/test_time_augmentation.py)

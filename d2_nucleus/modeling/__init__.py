@@ -3,3 +3,5 @@ from .meta_arch import NucleusRCNN
 from .postprocessing import RLEList, nucleus_postprocess, paste_masks_to_rles
 from .test_time_augmentation import NucleusDatasetMapperTTA, NucleusRCNNWithTTA
 from .mask_scoring import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, MaskScoringROIHeads, build_maskiou_head
+from .group_norm import NucleusGroupNorm, convert_group_norms
+from .roi_align import ThreadedROIAlign, convert_roi_aligns, roi_features

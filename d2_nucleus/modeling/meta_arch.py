@@ -9,7 +9,10 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
+from ..utils.malloc import tune_malloc as tune_malloc_thresholds
+from .group_norm import convert_group_norms
 from .postprocessing import nucleus_postprocess
+from .roi_align import convert_roi_aligns, roi_features
 
 __all__ = ["NucleusRCNN"]
 
@@ -33,6 +36,22 @@ def _heads_off(roi_heads, names=PER_DETECTION_HEADS):
             setattr(roi_heads, n, v)
 
 
+def _roi_in_features(roi_heads):
+    names = []
+    for attr in ("box_in_features", "mask_in_features", "keypoint_in_features", "in_features"):
+        names += [f for f in getattr(roi_heads, attr, None) or [] if f not in names]
+    return names
+
+
+def _roi_heads_features_hook(roi_heads, args):
+    """Forward pre-hook: ``roi_heads(images, features, ...)`` gets :func:`roi_features` of its features."""
+    if len(args) < 2 or not isinstance(args[1], dict):
+        return None
+    features = args[1]
+    wanted = [f for f in _roi_in_features(roi_heads) if f in features] or list(features)
+    return (args[0], roi_features({f: features[f] for f in wanted})) + tuple(args[2:])
+
+
 @META_ARCH_REGISTRY.register()
 class NucleusRCNN(GeneralizedRCNN):
     """
@@ -50,7 +69,8 @@ class NucleusRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
-                 **kwargs):
+                 fast_group_norm: bool = True, roi_align_threads: int = 1, roi_features_once: bool = True,
+                 tune_malloc: bool = False, **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -58,14 +78,34 @@ class NucleusRCNN(GeneralizedRCNN):
                 (0: all at once, as Detectron2 does).
             channels_last: keep convolution weights (and so activations) in channels-last
                 memory format, which oneDNN runs faster on CPUs, bfloat16 especially.
+            fast_group_norm: with ``channels_last``, GroupNorms of RoI batches take PyTorch's
+                faster NCHW kernel (:class:`NucleusGroupNorm`).
+            roi_align_threads: CPU threads each RoIAlign runs on (0: all of torch's; 1:
+                torchvision's single-threaded kernel as it is; :class:`ThreadedROIAlign`).
+            roi_features_once: give the RoI heads their feature maps as RoIAlign reads them
+                (float32, NCHW), converted once an image instead of at each RoIAlign call.
+            tune_malloc: raise glibc's malloc thresholds for this process
+                (:func:`d2_nucleus.utils.malloc.tune_malloc`; for CPU models).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
+
+        None of the speed options changes a parameter or a state-dict key: checkpoints load
+        either way.
         """
         super().__init__(**kwargs)
+        if tune_malloc:
+            tune_malloc_thresholds()
         self.mask_threshold = mask_threshold
         self.mask_chunk_size = mask_chunk_size
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
+            if fast_group_norm:
+                convert_group_norms(self)
+        if roi_align_threads != 1:
+            convert_roi_aligns(self.roi_heads, roi_align_threads)
+        self.roi_features_once = roi_features_once
+        if roi_features_once:
+            self.roi_heads.register_forward_pre_hook(_roi_heads_features_hook)
 
     @classmethod
     def from_config(cls, cfg):
@@ -73,6 +113,10 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["mask_threshold"] = cfg.NUCLEUS.MASK_THRESHOLD
         ret["mask_chunk_size"] = cfg.TEST.MASK_HEAD_CHUNK_SIZE
         ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
+        ret["fast_group_norm"] = cfg.MODEL.FAST_GROUP_NORM
+        ret["roi_align_threads"] = cfg.MODEL.ROI_ALIGN_THREADS
+        ret["roi_features_once"] = cfg.MODEL.ROI_FEATURES_ONCE
+        ret["tune_malloc"] = cfg.MODEL.CPU_TUNE_MALLOC and cfg.MODEL.DEVICE == "cpu"
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -102,6 +146,9 @@ class NucleusRCNN(GeneralizedRCNN):
                     proposals, _ = self.proposal_generator(images, features, None)
                 else:
                     proposals = [x["proposals"].to(self.device) for x in batched_inputs]
+            if self.roi_features_once:
+                features = roi_features({f: features[f] for f in _roi_in_features(self.roi_heads)})
+            if detected_instances is None:
                 with _heads_off(self.roi_heads):  # boxes only
                     results, _ = self.roi_heads(images, features, proposals, None)
             else:
