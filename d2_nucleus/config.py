@@ -66,6 +66,10 @@ def add_nucleus_config(cfg):
     cfg.TEST.CHALLENGE_MAX_DETS = 100
     # AJI / PQ / Dice from instance label maps built of detections scoring at least this.
     cfg.TEST.LABEL_MAP_SCORE_THRESH = 0.5
+    # Painting them (higher score first), a detection left with less than this fraction of its
+    # mask free is dropped instead of leaving a fragment (0: keep every fragment). Evaluation's
+    # label maps and tools/predict.py's label maps, overlays, GeoJSON and measurements use it.
+    cfg.TEST.LABEL_MAP_MIN_VISIBLE = 0.0
     cfg.TEST.NUCLEUS_METRICS = True
     # Keep model_best.pth by this metric ("task/metric" of the evaluation results; "" = off).
     cfg.TEST.BEST_METRIC = "segm/AP50"

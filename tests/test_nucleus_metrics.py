@@ -10,6 +10,7 @@ from d2_nucleus.evaluation.nucleus_metrics import (
     aggregated_jaccard_index,
     compute_nucleus_metrics,
     dice_coefficient,
+    image_nucleus_metrics,
     instance_contingency,
     panoptic_quality,
 )
@@ -216,6 +217,27 @@ def test_label_map_overlaps_follow_scores():
     with pytest.raises(ValueError, match="size"):
         rles_to_label_map(rles, 6, 7)
     assert (rles_to_label_map([], 3, 4) == 0).all()
+
+
+def test_label_map_min_visible_drops_fragments():
+    a = np.zeros((6, 6), bool)
+    a[0:4, 0:4] = True  # 16 px
+    b = np.zeros((6, 6), bool)
+    b[1:5, 1:5] = True  # 16 px, 9 under a
+    c = np.zeros((6, 6), bool)
+    c[5, 0:2] = True  # 2 px, free
+    rles = [_rle(a), _rle(b), _rle(c)]
+    scores = [0.9, 0.8, 0.7]
+    lab = rles_to_label_map(rles, 6, 6, scores=scores)
+    assert (lab == 2).sum() == 7  # b keeps a 7 px fragment by default
+    for frac in (7 / 16, 0.4):  # 7/16 of b is free: kept at <= 7/16
+        assert (rles_to_label_map(rles, 6, 6, scores=scores, min_visible=frac) == lab).all()
+    lab = rles_to_label_map(rles, 6, 6, scores=scores, min_visible=0.5)
+    assert (lab == 2).sum() == 0 and (lab == 1).sum() == 16 and (lab == 3).sum() == 2
+    # the dropped detection's pixels are not given to anyone else; numbering unchanged
+    assert (lab[4, 1:5] == 0).all() and lab[5, 0] == 3
+    m = image_nucleus_metrics([], rles, np.array(scores), 6, 6, 0.5, min_visible=0.5)
+    assert m["num_pred"] == 2
 
 
 def test_annotations_to_label_map_rle_and_polygons():

@@ -391,3 +391,25 @@ def test_huge_image_one_line_error(weights, tmp_path, capsys, monkeypatch):
     assert predict(weights, "--input", folder, "--output", tmp_path / "a.json") == 2
     err = capsys.readouterr().err.strip()
     assert "huge.png" in err and "64x64" in err and len(err.splitlines()) == 1
+
+
+def test_image_outputs_min_visible(tmp_path):
+    """TEST.LABEL_MAP_MIN_VISIBLE drops the detections evaluation drops from every export."""
+    from d2_nucleus.export.image_outputs import write_image_outputs
+
+    a = np.zeros((20, 20), np.uint8)
+    a[2:12, 2:12] = 1  # 100 px
+    b = np.zeros((20, 20), np.uint8)
+    b[4:14, 4:14] = 1  # 100 px, 64 under a
+    c = np.zeros((20, 20), np.uint8)
+    c[15:19, 15:19] = 1
+    rles = [mask_util.encode(np.asfortranarray(m)) for m in (a, b, c)]
+    image = np.zeros((20, 20, 3), np.uint8)
+    for frac, expected in ((0.0, 3), (0.3, 3), (0.5, 2)):
+        out = tmp_path / str(frac)
+        out.mkdir()
+        paths = {"vis": None, "geojson": str(out / "x.geojson"), "labels": str(out / "x")}
+        write_image_outputs(image, rles, [0.9, 0.8, 0.7], paths, min_visible=frac)
+        geo = json.loads((out / "x.geojson").read_text())
+        labels = cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED)
+        assert len(geo["features"]) == expected == labels.max() == len(np.unique(labels)) - 1

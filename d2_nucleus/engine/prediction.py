@@ -167,6 +167,7 @@ def run_prediction(
                 rgb, instances.pred_rles, instances.scores.tolist(), side[item.image_id],
                 export_score_thresh, label_format, overwrite,
                 measurements=measurements, stem=item.stem, image_name=os.path.basename(item.path),
+                min_visible=float(predictor.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
             )
             for path in written:
                 folder = os.path.dirname(path)

@@ -93,7 +93,7 @@ class NucleusEvaluator(DatasetEvaluator):
             dataset_name: a dataset registered in DatasetCatalog (Detectron2 dataset dicts).
             cfg: optional config: supplies the defaults of the keyword arguments left at None
                 (TEST.DETECTIONS_PER_IMAGE, TEST.CHALLENGE_MAX_DETS,
-                TEST.LABEL_MAP_SCORE_THRESH, TEST.NUCLEUS_METRICS).
+                TEST.LABEL_MAP_SCORE_THRESH, TEST.LABEL_MAP_MIN_VISIBLE, TEST.NUCLEUS_METRICS).
             distributed: gather the predictions of all ranks and evaluate on the main one.
             output_dir: where to save predictions and metrics (None: save nothing).
             max_dets_per_image: detections per image counted by the dense AP
@@ -119,6 +119,7 @@ class NucleusEvaluator(DatasetEvaluator):
         self._max_dets = int(pick(max_dets_per_image, "DETECTIONS_PER_IMAGE", 100))
         self._challenge_max_dets = int(pick(challenge_max_dets, "CHALLENGE_MAX_DETS", 100))
         self._score_thresh = float(pick(label_map_score_thresh, "LABEL_MAP_SCORE_THRESH", 0.5))
+        self._min_visible = float(pick(None, "LABEL_MAP_MIN_VISIBLE", 0.0))
         self._nucleus_metrics = bool(pick(nucleus_metrics, "NUCLEUS_METRICS", True))
         if self._max_dets < 1 or self._challenge_max_dets < 1:
             raise ValueError("max_dets_per_image and challenge_max_dets must be >= 1")
@@ -186,7 +187,7 @@ class NucleusEvaluator(DatasetEvaluator):
                 f"ground truth is {gt_h}x{gt_w}"
             )
         return image_nucleus_metrics(d["annotations"], rles, instances.scores.numpy(), height, width,
-                                     self._score_thresh)
+                                     self._score_thresh, self._min_visible)
 
     # ---------------------------------------------------------------------------------------------
     def evaluate(self, img_ids=None):
@@ -275,6 +276,7 @@ class NucleusEvaluator(DatasetEvaluator):
                             "max_dets_per_image": self._max_dets,
                             "challenge_max_dets": self._challenge_max_dets,
                             "label_map_score_thresh": self._score_thresh,
+                            "label_map_min_visible": self._min_visible,
                             "coco_eval": _BACKENDS[bool(self._use_fast_impl)],
                         },
                         "results": results,

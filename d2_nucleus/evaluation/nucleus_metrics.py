@@ -185,18 +185,19 @@ def image_nucleus_metrics(
     height: int,
     width: int,
     score_thresh: float = 0.5,
+    min_visible: float = 0.0,
 ) -> Dict[str, float]:
     """
     The metrics of one image from its ground-truth annotations (Detectron2 dataset-dict or COCO)
     and its predicted masks (COCO RLEs with their scores): the predictions scoring at least
-    ``score_thresh`` are painted into one label map, higher score on top; adds ``num_gt`` and
-    ``num_pred``.
+    ``score_thresh`` are painted into one label map, higher score on top (``min_visible``: see
+    :func:`rles_to_label_map`); adds ``num_gt`` and ``num_pred`` (the instances in the map).
     """
     gt_map = annotations_to_label_map(gt_annotations, height, width)
     scores = np.asarray(scores)
     keep = np.flatnonzero(scores >= score_thresh)
-    pred_map = rles_to_label_map([rles[i] for i in keep], height, width, scores[keep])
+    pred_map = rles_to_label_map([rles[i] for i in keep], height, width, scores[keep], min_visible)
     metrics = compute_nucleus_metrics(gt_map, pred_map)
     metrics["num_gt"] = len(np.unique(gt_map)) - 1
-    metrics["num_pred"] = len(keep)
+    metrics["num_pred"] = len(np.unique(pred_map)) - 1
     return metrics

@@ -69,10 +69,13 @@ def write_image_outputs(
     measurements=None,
     stem: Optional[str] = None,
     image_name: Optional[str] = None,
+    min_visible: float = 0.0,
 ) -> List[str]:
     """
     Write the outputs of one image (those of ``paths`` that are not None) for the detections
-    scoring >= ``score_thresh`` with a non-empty mask.
+    scoring >= ``score_thresh`` with a non-empty mask (and, with ``min_visible`` > 0, at least that
+    fraction of it left free by the higher-scoring ones: ``TEST.LABEL_MAP_MIN_VISIBLE``, as in
+    evaluation).
 
     Args:
         image_rgb: the image (H x W x 3, RGB) the overlay is drawn on.
@@ -92,6 +95,11 @@ def write_image_outputs(
     keep = [i for i in keep if rle_util.rle_counts(rles[i])[1::2].sum() > 0]
     rles = [rles[i] for i in keep]
     scores = [float(scores[i]) for i in keep]
+    if min_visible > 0 and rles:
+        painted = np.unique(rles_to_label_map(rles, height, width, scores=scores, min_visible=min_visible))
+        survivors = [int(k) - 1 for k in painted if k > 0]  # ascending: the detections' order
+        rles = [rles[i] for i in survivors]
+        scores = [scores[i] for i in survivors]
     label_map = None
     if paths["vis"] or paths["labels"]:
         label_map = rles_to_label_map(rles, height, width, scores=scores)

@@ -18,7 +18,8 @@ __all__ = ["rles_to_label_map", "annotations_to_label_map"]
 
 
 def rles_to_label_map(
-    rles: Sequence[Dict], height: int, width: int, scores: Optional[Sequence[float]] = None
+    rles: Sequence[Dict], height: int, width: int, scores: Optional[Sequence[float]] = None,
+    min_visible: float = 0.0,
 ) -> np.ndarray:
     """
     Paint instance masks into one label map.
@@ -29,6 +30,9 @@ def rles_to_label_map(
         scores: optional score of each RLE. Where masks overlap, the pixel goes to the
             higher-scoring instance (ties: the earlier one). Without scores, the earlier
             instance in ``rles`` wins.
+        min_visible: an instance of which less than this fraction of its pixels is still free
+            when its turn comes (the rest is taken by instances painted before it) is not
+            painted at all, instead of leaving a fragment (0: every instance keeps its free pixels).
 
     Returns:
         np.ndarray: (height, width) int32; 0 is background and label ``k`` (1-based) is
@@ -59,6 +63,8 @@ def rles_to_label_map(
             continue
         idx = (p % height) * width + p // height
         free = idx[flat[idx] == 0]
+        if min_visible > 0 and free.size < min_visible * idx.size:
+            continue
         flat[free] = i + 1
     return label_map
 
