@@ -8,7 +8,7 @@ runs it. The training minutes of a checkpoint are its file's modification time m
 "Starting training" time in `log.txt`.
 
     python bench/bench_accuracy.py curve --run-dir output/curve --data-root PREPARED \\
-        [--config CONFIG] [--out bench_out/curve] [KEY VALUE ...]
+        [--config CONFIG] [--out bench_out/curve] [--opts KEY VALUE ...]
 
 Test-time variants: one checkpoint evaluated under named sets of config overrides.
 
@@ -40,7 +40,9 @@ def evaluate(config, weights, data_root, opts, out_dir):
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit(f"evaluation of {weights} failed")
-    path = glob.glob(os.path.join(out_dir, "inference", "*", "nucleus_metrics.json"))[0]
+    # with TEST.AUG.ENABLED the TTA results (inference_TTA/) are the ones asked for
+    path = (glob.glob(os.path.join(out_dir, "inference_TTA", "*", "nucleus_metrics.json"))
+            or glob.glob(os.path.join(out_dir, "inference", "*", "nucleus_metrics.json")))[0]
     with open(path) as f:
         r = json.load(f)["results"]
     return {"AP50@100": r["segm"]["AP50@100"], "AP": r["segm"]["AP"], "AP50": r["segm"]["AP50"],
@@ -50,7 +52,7 @@ def evaluate(config, weights, data_root, opts, out_dir):
 def training_start(run_dir):
     with open(os.path.join(run_dir, "log.txt")) as f:
         for line in f:
-            m = re.match(r"\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d) .*Starting training from iteration", line)
+            m = re.match(r"\[(\d\d)/(\d\d) (\d\d):(\d\d):(\d\d)\]? .*Starting training from iteration", line)
             if m:
                 mo, d, h, mi, s = map(int, m.groups())
                 year = datetime.datetime.fromtimestamp(os.path.getmtime(os.path.join(run_dir, "log.txt"))).year
@@ -102,7 +104,8 @@ def main():
     p.add_argument("--weights", help="variants: the checkpoint")
     p.add_argument("--variant", action="append", default=[], help='variants: "name: KEY VALUE ..."')
     p.add_argument("--out", default=None, help="results folder (default: a temporary one)")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every evaluation")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides for every evaluation")
     args = p.parse_args()
     out = args.out or tempfile.mkdtemp(prefix="bench-accuracy-")
     os.makedirs(out, exist_ok=True)
@@ -110,6 +113,10 @@ def main():
         start = training_start(args.run_dir)
         ckpts = sorted(glob.glob(os.path.join(args.run_dir, "model_*.pth")), key=os.path.getmtime)
         ckpts = [c for c in ckpts if not c.endswith("model_best.pth")]
+        # model_final.pth is the last numbered checkpoint again when MAX_ITER is a multiple of
+        # CHECKPOINT_PERIOD: keep it only when no checkpoint was saved within 5 s of it
+        ckpts = [c for c in ckpts if not c.endswith("model_final.pth")
+                 or all(abs(os.path.getmtime(c) - os.path.getmtime(o)) > 5 for o in ckpts if o != c)]
         points = []
         for c in ckpts:
             m = evaluate(args.config, c, args.data_root, args.opts, os.path.join(out, os.path.basename(c)[:-4]))
