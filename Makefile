@@ -64,7 +64,7 @@ bench: $(STAMP)
 clean-demo:
 	rm -rf $(DEMO_DIR)
 
-# Prepare DATA, train the CPU recipe on nucleus_train (~40-60 min on 2 cores), evaluate on nucleus_val.
+# Prepare DATA, train the CPU recipe on nucleus_train (~80-90 min on 2 cores), evaluate on nucleus_val.
 recipe-val: $(STAMP)
 	@test -n "$(DATA)" || { echo "usage: make recipe-val DATA=path/to/raw/dataset"; exit 2; }
 	test -d "$(RECIPE_DIR)/prepared" || $(PY) tools/prepare_data.py --raw "$(DATA)" --out "$(RECIPE_DIR)/prepared"

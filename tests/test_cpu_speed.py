@@ -158,3 +158,22 @@ def test_speed_options_train_step():
 def test_tune_malloc_on_glibc():
     assert tune_malloc() is True
     assert tune_malloc() is True  # once per process, idempotent
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_threaded_roi_align_after_fork():
+    """A forked child (data-loader / cluster worker) gets its own threads, not the parent's dead pool."""
+    import multiprocessing as mp
+
+    op = ThreadedROIAlign((7, 7), 0.25, 0, aligned=True, threads=2)
+    x = torch.randn(2, 8, 40, 40)  # _rois uses batch indices 0 and 1
+    rois = _rois(20, 150)
+    expected = op(x, rois)  # creates the pool in the parent
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_roi_align_in_child, (op, x, rois)).get(timeout=60)
+    assert torch.equal(got, expected)
+
+
+def _roi_align_in_child(op, x, rois):
+    return op(x, rois)

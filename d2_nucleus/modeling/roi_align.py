@@ -15,8 +15,9 @@ copied its whole stride-4 feature map at each of the mask head's chunks (14 copi
 [1, 128, 256, 256] a 1000 x 1000 image, 0.29 s). :func:`roi_features` makes that copy once, before
 the RoI heads.
 """
+import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -25,13 +26,16 @@ from detectron2.layers import ROIAlign
 
 __all__ = ["ThreadedROIAlign", "convert_roi_aligns", "roi_features"]
 
-_pools: Dict[int, ThreadPoolExecutor] = {}
+_pools: Dict[Tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _pool(n: int) -> ThreadPoolExecutor:
-    if n not in _pools:
-        _pools[n] = ThreadPoolExecutor(n, thread_name_prefix="roi_align")
-    return _pools[n]
+    # keyed by process id too: a forked child (data-loader or cluster worker) has the parent's
+    # executor object but none of its threads
+    key = (os.getpid(), n)
+    if key not in _pools:
+        _pools[key] = ThreadPoolExecutor(n, thread_name_prefix="roi_align")
+    return _pools[key]
 
 
 def _chunks(rois: torch.Tensor, n: int):
