@@ -25,14 +25,14 @@ import sys
 import tempfile
 import time
 
+from bench_cpu_speed import OFF as SPEED_OPTIONS_OFF  # noqa: E402  (bench/ is sys.path[0])
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "plain": dict(mapper="detectron2", bf16=False, channels_last=False),
     "mapper": dict(mapper="nucleus", bf16=False, channels_last=False),
     "bf16": dict(mapper="nucleus", bf16=True, channels_last=False),
-    "recipe0": dict(mapper="nucleus", bf16=True, channels_last=True, opts=[
-        "MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_FEATURES_ONCE", "False",
-        "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1"]),
+    "recipe0": dict(mapper="nucleus", bf16=True, channels_last=True, opts=SPEED_OPTIONS_OFF),
     "recipe": dict(mapper="nucleus", bf16=True, channels_last=True),
 }
 # the variants before "recipe" ran Detectron2's code paths: the speed options off

@@ -413,3 +413,7 @@ def test_image_outputs_min_visible(tmp_path):
         geo = json.loads((out / "x.geojson").read_text())
         labels = cv2.imread(str(out / "x.png"), cv2.IMREAD_UNCHANGED)
         assert len(geo["features"]) == expected == labels.max() == len(np.unique(labels)) - 1
+        # the exported map = the survivors painted afresh (b, 64% covered, is dropped at 0.5)
+        survivors = [0, 1, 2] if expected == 3 else [0, 2]
+        np.testing.assert_array_equal(labels, rles_to_label_map(
+            [rles[i] for i in survivors], 20, 20, scores=[[0.9, 0.8, 0.7][i] for i in survivors]))

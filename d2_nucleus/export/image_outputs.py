@@ -95,13 +95,19 @@ def write_image_outputs(
     keep = [i for i in keep if rle_util.rle_counts(rles[i])[1::2].sum() > 0]
     rles = [rles[i] for i in keep]
     scores = [float(scores[i]) for i in keep]
+    label_map = None
     if min_visible > 0 and rles:
-        painted = np.unique(rles_to_label_map(rles, height, width, scores=scores, min_visible=min_visible))
-        survivors = [int(k) - 1 for k in painted if k > 0]  # ascending: the detections' order
+        painted = rles_to_label_map(rles, height, width, scores=scores, min_visible=min_visible)
+        labels = np.unique(painted)
+        survivors = labels[labels > 0] - 1  # ascending: the detections' order
         rles = [rles[i] for i in survivors]
         scores = [scores[i] for i in survivors]
-    label_map = None
-    if paths["vis"] or paths["labels"]:
+        # The survivors' map, renumbered 1..len(survivors). The dropped detections were never
+        # painted, so painting the survivors again would give the same pixels.
+        relabel = np.zeros(len(keep) + 1, np.int32)
+        relabel[survivors + 1] = np.arange(1, len(survivors) + 1)
+        label_map = relabel[painted]
+    if label_map is None and (paths["vis"] or paths["labels"]):
         label_map = rles_to_label_map(rles, height, width, scores=scores)
     written, qupath = [], None
     if measurements is not None:

@@ -97,7 +97,7 @@ class ThreadedROIAlign(ROIAlign):
             return super().forward(input, rois)
         # what torchvision's autocast wrapper and CPU kernel do to the input (a no-op after
         # roi_features)
-        input = input.float().contiguous()
+        input = _as_roi_input(input)
         return _ThreadedROIAlignFunction.apply(
             input, rois.to(dtype=input.dtype), float(self.spatial_scale), tuple(self.output_size),
             int(self.sampling_ratio), bool(self.aligned), threads,
@@ -117,6 +117,11 @@ def convert_roi_aligns(module: nn.Module, threads: int = 0) -> int:
     return n
 
 
+def _as_roi_input(x: torch.Tensor) -> torch.Tensor:
+    # one copy at most (``.float().contiguous()`` copies a bf16 channels-last map twice)
+    return x.to(dtype=torch.float32, memory_format=torch.contiguous_format)
+
+
 def roi_features(features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """The feature maps as RoIAlign reads them: float32, contiguous (no copy where they are)."""
-    return {k: v.to(dtype=torch.float32, memory_format=torch.contiguous_format) for k, v in features.items()}
+    return {k: _as_roi_input(v) for k, v in features.items()}
