@@ -70,6 +70,9 @@ def add_nucleus_config(cfg):
     # mask free is dropped instead of leaving a fragment (0: keep every fragment). Evaluation's
     # label maps and tools/predict.py's label maps, overlays, GeoJSON and measurements use it.
     cfg.TEST.LABEL_MAP_MIN_VISIBLE = 0.0
+    # Detection score = class score x maskness ** this (the mean probability of the pixels its
+    # mask keeps; modeling/maskness.py): ranks crisp masks above unsure ones. 0 = class score only.
+    cfg.TEST.MASKNESS_POWER = 0.0
     cfg.TEST.NUCLEUS_METRICS = True
     # Keep model_best.pth by this metric ("task/metric" of the evaluation results; "" = off).
     cfg.TEST.BEST_METRIC = "segm/AP50"
@@ -95,6 +98,9 @@ def add_nucleus_config(cfg):
     # Raise glibc's mmap/trim thresholds on CPU so large activations are not page-faulted in
     # again at every step (utils/malloc.py).
     cfg.MODEL.CPU_TUNE_MALLOC = True
+    # The box predictor (class scores, box deltas) in float32 under bf16/fp16 autocast: bf16 scores
+    # take steps of 1/256 and hundreds of nuclei tie (modeling/float32_heads.py).
+    cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR = True
 
     # ---------------------------------------------------------------------------------------------
     # Inference: test-time augmentation (tools/predict.py --tta; modeling/test_time_augmentation.py)

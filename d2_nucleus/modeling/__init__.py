@@ -5,3 +5,5 @@ from .test_time_augmentation import NucleusDatasetMapperTTA, NucleusRCNNWithTTA
 from .mask_scoring import ROI_MASKIOU_HEAD_REGISTRY, MaskIoUHead, MaskScoringROIHeads, build_maskiou_head
 from .group_norm import NucleusGroupNorm, convert_group_norms
 from .roi_align import ThreadedROIAlign, convert_roi_aligns, roi_features
+from .maskness import maskness, maskness_rescore
+from .float32_heads import convert_box_predictors, float32_class

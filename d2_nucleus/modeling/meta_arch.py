@@ -10,7 +10,9 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
 from ..utils.malloc import tune_malloc as tune_malloc_thresholds
+from .float32_heads import convert_box_predictors
 from .group_norm import convert_group_norms
+from .maskness import maskness_rescore
 from .postprocessing import nucleus_postprocess
 from .roi_align import convert_roi_aligns, roi_features
 
@@ -70,7 +72,8 @@ class NucleusRCNN(GeneralizedRCNN):
     @configurable
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
                  fast_group_norm: bool = True, roi_align_threads: int = 1, roi_features_once: bool = True,
-                 tune_malloc: bool = False, **kwargs):
+                 tune_malloc: bool = False, maskness_power: float = 0.0,
+                 float32_box_predictor: bool = True, **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -86,6 +89,10 @@ class NucleusRCNN(GeneralizedRCNN):
                 (float32, NCHW), converted once an image instead of at each RoIAlign call.
             tune_malloc: raise glibc's malloc thresholds for this process
                 (:func:`d2_nucleus.utils.malloc.tune_malloc`; for CPU models).
+            maskness_power: at inference, multiply each detection's score by its mask's
+                maskness to this power (:func:`maskness_rescore`; 0: scores as the heads give them).
+            float32_box_predictor: run the box predictor in float32 under autocast, so scores
+                are not rounded to bf16 (:func:`convert_box_predictors`).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of the speed options changes a parameter or a state-dict key: checkpoints load
@@ -95,6 +102,7 @@ class NucleusRCNN(GeneralizedRCNN):
         if tune_malloc:
             tune_malloc_thresholds()
         self.mask_threshold = mask_threshold
+        self.maskness_power = maskness_power
         self.mask_chunk_size = mask_chunk_size
         self.channels_last = channels_last
         if channels_last:
@@ -103,6 +111,8 @@ class NucleusRCNN(GeneralizedRCNN):
                 convert_group_norms(self)
         if roi_align_threads != 1:
             convert_roi_aligns(self.roi_heads, roi_align_threads)
+        if float32_box_predictor:
+            convert_box_predictors(self.roi_heads)
         self.roi_features_once = roi_features_once
         if roi_features_once:
             self.roi_heads.register_forward_pre_hook(_roi_heads_features_hook)
@@ -117,6 +127,8 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["roi_align_threads"] = cfg.MODEL.ROI_ALIGN_THREADS
         ret["roi_features_once"] = cfg.MODEL.ROI_FEATURES_ONCE
         ret["tune_malloc"] = cfg.MODEL.CPU_TUNE_MALLOC and cfg.MODEL.DEVICE == "cpu"
+        ret["maskness_power"] = cfg.TEST.MASKNESS_POWER
+        ret["float32_box_predictor"] = cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -154,6 +166,8 @@ class NucleusRCNN(GeneralizedRCNN):
             else:
                 results = [x.to(self.device) for x in detected_instances]
             results = self._forward_with_given_boxes_chunked(features, results)
+        if self.maskness_power > 0:
+            maskness_rescore(results, self.mask_threshold, self.maskness_power)
         if not do_postprocess:
             return results
         processed = []

@@ -29,6 +29,7 @@ from detectron2.data.transforms import (
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNNWithTTA
 
 from .meta_arch import PER_DETECTION_HEADS
+from .maskness import maskness_rescore
 from .postprocessing import nucleus_postprocess
 
 __all__ = ["NucleusDatasetMapperTTA", "NucleusRCNNWithTTA"]
@@ -119,6 +120,8 @@ class NucleusRCNNWithTTA(GeneralizedRCNNWithTTA):
                 iou = torch.stack([o.pred_maskiou for o in outputs]).mean(dim=0)
                 merged.cls_scores, merged.pred_maskiou = merged.scores, iou
                 merged.scores = merged.scores * iou
+            # maskness of the averaged masks (the per-augmentation rescoring is not used here)
+            maskness_rescore([merged], self.mask_threshold, self.cfg.TEST.MASKNESS_POWER)
             merged = nucleus_postprocess(merged, *orig_shape, mask_threshold=self.mask_threshold)
         return {"instances": merged.to("cpu")}
 
