@@ -16,8 +16,10 @@ DEMO_ITERS ?= 300
 RECIPE_CONFIG ?= configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml
 RECIPE_DIR ?= output/cpu_recipe
 FINETUNE_ITERS ?= 150
+FROZEN_ITERS ?= 300
+FROZEN_DECAY ?= 200
 
-.PHONY: install test demo bench clean-demo recipe-val recipe-answer
+.PHONY: install test demo bench clean-demo recipe-val recipe-answer recipe-slides
 
 install: $(STAMP)
 
@@ -80,3 +82,15 @@ recipe-answer: $(STAMP)
 	  OUTPUT_DIR "$(RECIPE_DIR)/all_train"
 	$(PY) tools/predict.py --config-file $(RECIPE_CONFIG) --weights "$(RECIPE_DIR)/all_train/model_final.pth" \
 	  --input "$(RECIPE_DIR)/prepared/test_img_ids.json" --output "$(RECIPE_DIR)/answer.json" --zip --overwrite
+
+# A model for whole slides (after recipe-val): the backbone's GroupNorm statistics frozen on the
+# training images (tiles then give the nuclei whole images give), then FROZEN_ITERS iterations
+# with them, LR 0.002 then 0.0002 from FROZEN_DECAY (~15-20 min; recovers most of the accuracy freezing costs: BENCHMARKS.md "Seams").
+# Use it with: tools/segment_slides.py --config-file $(RECIPE_DIR)/frozen/model_frozen_gn.yaml
+#   --weights $(RECIPE_DIR)/frozen_ft/model_final.pth ...
+recipe-slides: $(STAMP)
+	$(PY) tools/freeze_group_norm.py --config-file $(RECIPE_CONFIG) --weights "$(RECIPE_DIR)/train/model_final.pth" \
+	  --data-root "$(RECIPE_DIR)/prepared" --output "$(RECIPE_DIR)/frozen/model_frozen_gn.pth" --overwrite
+	$(PY) tools/train_net.py --config-file "$(RECIPE_DIR)/frozen/model_frozen_gn.yaml" --data-root "$(RECIPE_DIR)/prepared" \
+	  SOLVER.BASE_LR 0.002 SOLVER.WARMUP_ITERS 20 SOLVER.STEPS '($(FROZEN_DECAY),)' \
+	  SOLVER.MAX_ITER $(FROZEN_ITERS) SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$(RECIPE_DIR)/frozen_ft"

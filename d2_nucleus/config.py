@@ -102,6 +102,11 @@ def add_nucleus_config(cfg):
     # take steps of 1/256 and hundreds of nuclei tie (modeling/float32_heads.py).
     cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR = True
 
+    # The backbone's (and FPN's) GroupNorms normalise with statistics fixed after training, so a
+    # nucleus's features do not depend on the rest of the input (whole-slide tiles next to glass).
+    # Needs weights calibrated by tools/freeze_group_norm.py (modeling/frozen_group_norm.py).
+    cfg.MODEL.FROZEN_GROUP_NORM = False
+
     # ---------------------------------------------------------------------------------------------
     # Inference: test-time augmentation (tools/predict.py --tta; modeling/test_time_augmentation.py)
     # and the mask head's memory (modeling/meta_arch.py)

@@ -7,3 +7,4 @@ from .group_norm import NucleusGroupNorm, convert_group_norms
 from .roi_align import ThreadedROIAlign, convert_roi_aligns, roi_features
 from .maskness import maskness, maskness_rescore
 from .float32_heads import convert_box_predictors, float32_class
+from .frozen_group_norm import FrozenGroupNorm, calibrate_frozen_group_norms, convert_frozen_group_norms

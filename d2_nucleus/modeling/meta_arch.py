@@ -11,6 +11,7 @@ from detectron2.structures import Instances
 
 from ..utils.malloc import tune_malloc as tune_malloc_thresholds
 from .float32_heads import convert_box_predictors
+from .frozen_group_norm import convert_frozen_group_norms
 from .group_norm import convert_group_norms
 from .maskness import maskness_rescore
 from .postprocessing import nucleus_postprocess
@@ -73,7 +74,7 @@ class NucleusRCNN(GeneralizedRCNN):
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
                  fast_group_norm: bool = True, roi_align_threads: int = 1, roi_features_once: bool = True,
                  tune_malloc: bool = False, maskness_power: float = 0.0,
-                 float32_box_predictor: bool = True, **kwargs):
+                 float32_box_predictor: bool = True, frozen_group_norm: bool = False, **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -93,12 +94,17 @@ class NucleusRCNN(GeneralizedRCNN):
                 maskness to this power (:func:`maskness_rescore`; 0: scores as the heads give them).
             float32_box_predictor: run the box predictor in float32 under autocast, so scores
                 are not rounded to bf16 (:func:`convert_box_predictors`).
+            frozen_group_norm: the backbone's GroupNorms normalise with fixed statistics
+                (:class:`FrozenGroupNorm`; the weights must come from tools/freeze_group_norm.py),
+                so a nucleus's features do not depend on the rest of the input (whole-slide tiles).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of the speed options changes a parameter or a state-dict key: checkpoints load
         either way.
         """
         super().__init__(**kwargs)
+        if frozen_group_norm:
+            convert_frozen_group_norms(self.backbone)
         if tune_malloc:
             tune_malloc_thresholds()
         self.mask_threshold = mask_threshold
@@ -129,6 +135,7 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["tune_malloc"] = cfg.MODEL.CPU_TUNE_MALLOC and cfg.MODEL.DEVICE == "cpu"
         ret["maskness_power"] = cfg.TEST.MASKNESS_POWER
         ret["float32_box_predictor"] = cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR
+        ret["frozen_group_norm"] = cfg.MODEL.FROZEN_GROUP_NORM
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):

@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+"""
+Calibrate a trained GroupNorm model's backbone into :class:`FrozenGroupNorm` layers and write the
+checkpoint and config that use them (``tools/freeze_group_norm.py``).
+
+The statistics come from the model's own training images at the test-time size (the images it
+normalised per image in training), run as at inference (bf16 autocast and channels-last as the
+config says).
+"""
+import itertools
+import os
+from typing import Tuple
+
+import torch
+from tqdm import tqdm
+
+from detectron2.modeling import build_model
+
+from ..compat import NucleusCheckpointer
+from ..data import register_nucleus_datasets, resolve_data_root
+from ..data.datasets import check_nucleus_datasets
+from ..modeling.frozen_group_norm import calibrate_frozen_group_norms, convert_frozen_group_norms
+from ..utils.autocast import cpu_autocast
+from ..utils.file_io import atomic_write, check_target, output_transaction
+
+__all__ = ["freeze_group_norms", "write_frozen_model"]
+
+
+def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bool = True) -> Tuple[torch.nn.Module, int]:
+    """
+    Build the model of ``cfg`` (GroupNorm, ``MODEL.FROZEN_GROUP_NORM`` False), load
+    ``cfg.MODEL.WEIGHTS`` strictly, convert its backbone's GroupNorms to :class:`FrozenGroupNorm`
+    and calibrate them on ``dataset`` (default: the first of ``cfg.DATASETS.TRAIN``; at most
+    ``num_images`` images, 0 = all).
+
+    Returns:
+        (the model, in eval mode, with calibrated statistics; the number of images used)
+    """
+    if cfg.MODEL.FROZEN_GROUP_NORM:
+        raise ValueError("the config already has MODEL.FROZEN_GROUP_NORM True: give the GroupNorm model's config")
+    dataset = dataset or cfg.DATASETS.TRAIN[0]
+    register_nucleus_datasets(resolve_data_root(cfg=cfg))
+    check_nucleus_datasets([dataset])
+    model = build_model(cfg)
+    NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    model.eval()
+    if convert_frozen_group_norms(model.backbone) == 0:
+        raise ValueError(f"the backbone of this config has no GroupNorm (MODEL.RESNETS.NORM {cfg.MODEL.RESNETS.NORM!r})")
+
+    from .trainer import NucleusTrainer  # the test loader evaluation uses (native size, no augmentation)
+
+    loader = NucleusTrainer.build_test_loader(cfg, dataset)
+    total = len(loader) if num_images <= 0 else min(num_images, len(loader))
+    batches = tqdm(itertools.islice(loader, total), total=total, desc="calibrating GroupNorm", unit="image",
+                   disable=not progress)
+
+    def run(batch):
+        with cpu_autocast(cfg):
+            model.backbone(model.preprocess_image(batch).tensor)
+
+    n = calibrate_frozen_group_norms(model.backbone, run, batches)
+    return model, n
+
+
+def write_frozen_model(model, cfg, output: str, overwrite: bool = False) -> Tuple[str, str]:
+    """
+    Write ``output`` (the checkpoint: ``{"model": state_dict}``) and ``output`` with ``.yaml``
+    (``cfg`` with ``MODEL.FROZEN_GROUP_NORM True`` and ``MODEL.WEIGHTS`` = the checkpoint), both or
+    neither. Returns their paths.
+    """
+    root, ext = os.path.splitext(output)
+    if ext != ".pth":
+        raise ValueError(f"{output}: the checkpoint name must end in .pth")
+    config_path = root + ".yaml"
+    check_target(output, overwrite)
+    check_target(config_path, overwrite)
+    frozen = cfg.clone()
+    frozen.defrost()
+    frozen.MODEL.FROZEN_GROUP_NORM = True
+    frozen.MODEL.WEIGHTS = os.path.abspath(output)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    with output_transaction():
+        with atomic_write(output, overwrite) as f:
+            torch.save({"model": state}, f)
+        with atomic_write(config_path, overwrite, mode="w") as f:
+            f.write(frozen.dump())
+    return output, config_path
