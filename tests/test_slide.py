@@ -24,6 +24,7 @@ from d2_nucleus.data.synthetic_slide import write_synthetic_slide
 from d2_nucleus.slide import (
     SlideError,
     TileGrid,
+    batch_tiles,
     choose_level,
     detect_tissue,
     open_slide,
@@ -61,11 +62,13 @@ class LabelSegmenter:
     def __init__(self, fail_after=None):
         self.calls = 0
         self.fail_after = fail_after
+        self.batches = []  # the (height, width) of each batch's images
 
     def __call__(self, images):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise KeyboardInterrupt("simulated kill")
+        self.batches.append([im.shape[:2] for im in images])
         outputs = []
         for image in images:
             labels = _rgb_to_labels(image)
@@ -182,6 +185,29 @@ def test_choose_level_and_resampling(tmp_path):
         assert np.abs(got.astype(int) - want).mean() < 2.0
 
 
+def test_batches_hold_tiles_of_one_size():
+    """A batch is padded to its largest tile: edge tiles are never batched with larger ones."""
+    grid = TileGrid(3000, 2000, 1024, 64)  # 4 x 3 tiles, the last column 152 px wide, the last row 112 px high
+    tiles = list(grid)
+
+    def size(t):
+        return t.region[2] - t.region[0], t.region[3] - t.region[1]
+
+    # every tile but the last column's / row's has the tile size (those at the left / top edge
+    # grown on their other side), and holds its core with at least half the overlap around it
+    assert [size(t) for t in tiles[:4]] == [(1024, 1024)] * 3 + [(152, 1024)]
+    assert size(tiles[-1]) == (152, 112)
+    for t in tiles:
+        assert t.region[0] <= max(t.core[0] - 32, 0) and t.region[2] >= min(t.core[2] + 32, 3000)
+        assert t.region[1] <= max(t.core[1] - 32, 0) and t.region[3] >= min(t.core[3] + 32, 2000)
+    batches = batch_tiles(tiles, 2)
+    assert [t for b in batches for t in b] == tiles  # every tile once, in order
+    assert all(1 <= len(b) <= 2 and len(set(map(size, b))) == 1 for b in batches)
+    assert [[t.col for t in b] for b in batches[:3]] == [[0, 1], [2], [3]]  # the 152 px edge tile alone
+    assert len(batches) == 9 and batch_tiles(tiles, 1) == [[t] for t in tiles]
+    assert batch_tiles([], 4) == []
+
+
 def test_tissue_detection_skips_glass(tmp_path):
     rng = np.random.default_rng(0)
     tissue, _ = render_nuclei_image(rng, 1200, 1600, 300)
@@ -269,21 +295,27 @@ def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_pat
     path, _ = label_slide
     cfg = _cfg("SLIDE.BATCH_SIZE", "2")
     full = str(tmp_path / "full")
-    segment_slide(LabelSegmenter(), cfg, path, full, csv=True, progress=False)
+    uninterrupted = LabelSegmenter()
+    segment_slide(uninterrupted, cfg, path, full, csv=True, progress=False)
+    # batches of up to 2 tiles of one size (edge tiles are smaller: never padded to a full tile)
+    assert all(len(b) <= 2 and len(set(b)) == 1 for b in uninterrupted.batches)
+    assert any(len(b) == 2 for b in uninterrupted.batches) and any(len(b) == 1 for b in uninterrupted.batches)
     out = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
         segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, csv=True, progress=False)
     # nothing final, the done tiles recorded
     assert sorted(os.listdir(out)) == [".labels.work"]
     done_tiles = os.listdir(os.path.join(out, ".labels.work", "tiles"))
-    assert len(done_tiles) == 6
+    n_done = sum(map(len, uninterrupted.batches[:3]))
+    assert len(done_tiles) == n_done
     # the done records carry the measurements (on by default): a resumed run writes them back unchanged
     with open(os.path.join(out, ".labels.work", "tiles", sorted(done_tiles)[0])) as f:
         done = json.load(f)
     assert len(done["measurements"]["perimeter_px"]) == len(done["nuclei"]) > 0
     model = LabelSegmenter()
     summary = segment_slide(model, cfg, path, out, csv=True, progress=False)
-    assert summary["resumed_tiles"] == 6 and model.calls == (summary["tiles_run"] - 6 + 1) // 2
+    # the resumed run forms the uninterrupted run's remaining batches
+    assert summary["resumed_tiles"] == n_done and model.batches == uninterrupted.batches[3:]
     for name in ("labels.geojson", "labels.csv"):
         with open(os.path.join(full, name), "rb") as a, open(os.path.join(out, name), "rb") as b:
             assert a.read() == b.read(), name

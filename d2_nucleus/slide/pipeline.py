@@ -45,7 +45,7 @@ from .measure import TILE_COLUMNS, level0_columns, measure_tile, slide_stain_mat
 from .overview import DensityMap, write_overview
 from .readers import SlideError, SlideSource, open_slide
 from .stitching import SeamStitcher, tile_records
-from .tiling import SlideGeometry, Tile, TileGrid, read_tile, slide_geometry
+from .tiling import SlideGeometry, Tile, TileGrid, batch_tiles, read_tile, slide_geometry
 from .tissue import detect_tissue, load_tissue_mask, mask_area_mm2, slide_thumbnail
 from .work import WorkFolder
 
@@ -128,9 +128,9 @@ def file_sha256(path: str) -> str:
     return _HASHES[key]
 
 
-def _batches(source: SlideSource, geometry: SlideGeometry, tiles: List[Tile], batch_size: int,
+def _batches(source: SlideSource, geometry: SlideGeometry, batches: List[List[Tile]],
              prefetch: int, timing: Dict[str, float]) -> Iterator[Tuple[List[Tile], List[np.ndarray]]]:
-    """Tiles read by a loader thread, ``prefetch`` batches ahead of the caller."""
+    """The tiles of ``batches`` read by a loader thread, ``prefetch`` batches ahead of the caller."""
     q: "queue.Queue" = queue.Queue(maxsize=max(1, prefetch))
     stop = threading.Event()
 
@@ -145,8 +145,7 @@ def _batches(source: SlideSource, geometry: SlideGeometry, tiles: List[Tile], ba
 
     def load():
         try:
-            for i in range(0, len(tiles), batch_size):
-                batch = tiles[i : i + batch_size]
+            for batch in batches:
                 start = time.perf_counter()
                 images = [read_tile(source, geometry, t) for t in batch]
                 timing["read"] += time.perf_counter() - start
@@ -273,10 +272,9 @@ def segment_slide(
         work = WorkFolder(outputs.work, run_info)
 
         tiles = [t for t in grid if selected[t.row, t.col]]
-        # whole batches as an uninterrupted run forms them: a tile's batch partners change its
-        # result (padding to the batch's largest tile shifts GroupNorm statistics)
-        bs = max(1, int(cfg.SLIDE.BATCH_SIZE))
-        todo = [t for i in range(0, len(tiles), bs) if not all(map(work.done, tiles[i : i + bs])) for t in tiles[i : i + bs]]
+        # whole batches as an uninterrupted run forms them (tiles of one size: batch_tiles), so a
+        # resumed run computes every tile as the uninterrupted run does
+        todo = [b for b in batch_tiles(tiles, max(1, int(cfg.SLIDE.BATCH_SIZE))) if not all(map(work.done, b))]
         timing = {"read": 0.0, "model": 0.0, "stitch": 0.0, "measure": 0.0}
         _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path,
                        rgb_from_stain if measure else False)
@@ -317,7 +315,7 @@ def segment_slide(
             "duplicates_removed": counts["duplicates"],
             "nuclei_cut_at_tile_edges": counts["cut"],
             "score_thresh": float(cfg.TEST.LABEL_MAP_SCORE_THRESH),
-            "resumed_tiles": len(tiles) - len(todo),
+            "resumed_tiles": len(tiles) - sum(map(len, todo)),
             "seconds": time.perf_counter() - start,
             "seconds_read": timing["read"],
             "seconds_model": timing["model"],
@@ -356,7 +354,7 @@ def _measurements_on(cfg, measurements: Optional[bool]) -> bool:
 
 def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path, rgb_from_stain=False):
     """
-    Run the model on ``todo`` tiles and store each tile's nuclei (and, unless ``rgb_from_stain``
+    Run the model on the ``todo`` batches of tiles and store each tile's nuclei (and, unless ``rgb_from_stain``
     is False, their measurements with that stain matrix) as its done record.
     """
     from tqdm import tqdm
@@ -364,9 +362,8 @@ def _predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, p
     bgr = getattr(predictor, "input_format", "BGR") == "BGR"
     score_thresh = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
     tolerance = int(cfg.SLIDE.SEAM_TOLERANCE)
-    bar = tqdm(total=len(todo), unit="tile", desc=os.path.basename(path), disable=not progress or not todo)
-    batches = _batches(source, geometry, todo, max(1, int(cfg.SLIDE.BATCH_SIZE)),
-                       int(cfg.SLIDE.PREFETCH_BATCHES), timing)
+    bar = tqdm(total=sum(map(len, todo)), unit="tile", desc=os.path.basename(path), disable=not progress or not todo)
+    batches = _batches(source, geometry, todo, int(cfg.SLIDE.PREFETCH_BATCHES), timing)
     try:
         for batch, images in batches:
             t0 = time.perf_counter()

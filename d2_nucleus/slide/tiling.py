@@ -6,19 +6,20 @@ resolution, and the grid of overlapping tiles over it.
 Tiles partition the working image by their *cores*: core (r, c) is
 ``[c * stride, (c + 1) * stride) x [r * stride, (r + 1) * stride)`` (the last ones end at the
 image edge), ``stride = tile_size - overlap``. A tile is its core grown by half the overlap on each
-side (clipped to the image), so neighbouring tiles share ``overlap`` pixels and a nucleus at most
+side (clipped to the image; a tile clipped at the left / top edge is grown on its other side back
+to the tile size), so neighbouring tiles share at least ``overlap`` pixels and a nucleus at most
 ``overlap`` px across whose box centre lies in a core is seen whole by that core's tile.
 """
 import math
 from dataclasses import dataclass
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 
 from .readers import SlideSource, choose_level
 
-__all__ = ["SlideGeometry", "slide_geometry", "Tile", "TileGrid", "read_tile"]
+__all__ = ["SlideGeometry", "slide_geometry", "Tile", "TileGrid", "batch_tiles", "read_tile"]
 
 
 @dataclass(frozen=True)
@@ -93,13 +94,16 @@ class TileGrid:
     def tile(self, row: int, col: int) -> Tile:
         cx0, cy0 = col * self.stride, row * self.stride
         cx1, cy1 = min(cx0 + self.stride, self.width), min(cy0 + self.stride, self.height)
-        region = (
-            max(cx0 - self.before, 0),
-            max(cy0 - self.before, 0),
-            min(cx1 + self.after, self.width),
-            min(cy1 + self.after, self.height),
-        )
-        return Tile(row, col, (cx0, cy0, cx1, cy1), region)
+        x0, y0 = max(cx0 - self.before, 0), max(cy0 - self.before, 0)
+        x1, y1 = min(cx1 + self.after, self.width), min(cy1 + self.after, self.height)
+        # A tile clipped at the image's left / top edge is grown on its other side back to the
+        # tile size: every tile but those of the last column / row then has one size, so tiles
+        # batch together without padding (batch_tiles).
+        if x0 == 0:
+            x1 = min(max(x1, self.tile_size), self.width)
+        if y0 == 0:
+            y1 = min(max(y1, self.tile_size), self.height)
+        return Tile(row, col, (cx0, cy0, cx1, cy1), (x0, y0, x1, y1))
 
     def __iter__(self) -> Iterator[Tile]:
         for row in range(self.rows):
@@ -155,3 +159,25 @@ def read_tile(source: SlideSource, geometry: SlideGeometry, tile: Tile) -> np.nd
         interp = cv2.INTER_LINEAR
     return cv2.warpAffine(level_img, matrix, (width, height), flags=interp, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=(255, 255, 255))
+
+
+def batch_tiles(tiles: Sequence[Tile], batch_size: int) -> List[List[Tile]]:
+    """
+    ``tiles`` in order, in batches of at most ``batch_size`` tiles of one size. The model pads a
+    batch to its largest image, so an edge tile (a few px wide) batched with a full tile would cost
+    a full tile's compute and, with GroupNorm, its statistics would take in the padding: measured
+    on a 3000 x 2000 px mosaic with 1024 px tiles in pairs, 2.5 instead of 1.8 s/Mpx in the model.
+    A new batch starts when the size changes, so every tile's result is its result alone.
+    """
+    batches: List[List[Tile]] = []
+    for tile in tiles:
+        if batches and len(batches[-1]) < batch_size and _size(batches[-1][0]) == _size(tile):
+            batches[-1].append(tile)
+        else:
+            batches.append([tile])
+    return batches
+
+
+def _size(tile: Tile) -> Tuple[int, int]:
+    x0, y0, x1, y1 = tile.region
+    return x1 - x0, y1 - y0
