@@ -61,7 +61,7 @@ def bench_memory(args):
             write_synthetic_slide(path, side, side, [(tissue, 10560, 11520)], mpp=MPP, tile=512)
             print(f"wrote {path} ({os.path.getsize(path) / 1e6:.0f} MB) in {time.perf_counter() - t0:.0f} s")
         out = os.path.join(args.work, f"out_memory_{side}")
-        cmd = ["/usr/bin/time", "-v"] + _cli(args, [path], out, ["--overwrite"])
+        cmd = ["/usr/bin/time", "-v"] + _cli(args, [path], out, ["--overwrite"], args.opts)
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -105,10 +105,14 @@ def _mosaic_slide(path, images, cols, gap, margin):
     return offsets
 
 
-def _predictor(args, opts=()):
+def _predictor(args, opts=(), slide=False):
+    """The model as tools/predict.py runs it, or with ``slide`` as tools/segment_slides.py does."""
     from d2_nucleus.engine import NucleusPredictor
+    from d2_nucleus.slide.config import set_slide_score_threshold
 
     cfg = get_nucleus_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *opts])
+    if slide:
+        set_slide_score_threshold(cfg)
     return cfg, NucleusPredictor(cfg, batch_size=1)
 
 
@@ -127,14 +131,16 @@ def bench_speed(args):
     mpx = sum(im.shape[0] * im.shape[1] for im in images) / 1e6
     results = {"images": len(images), "tissue_mpx": mpx}
     for tile in args.tile_sizes:
-        cfg, predictor = _predictor(args, ["SLIDE.TILE_SIZE", str(tile)])
-        predictor([images[0][:512, :512, ::-1]])  # warm-up
+        _, predictor = _predictor(args, ["SLIDE.TILE_SIZE", str(tile), *args.opts])
+        cfg, slide_predictor = _predictor(args, ["SLIDE.TILE_SIZE", str(tile), *args.opts], slide=True)
+        for p in (predictor, slide_predictor):
+            p([images[0][:512, :512, ::-1]])  # warm-up
         items = list_inputs(folder)
         t0 = time.perf_counter()
         run_prediction(predictor, items, output=None, progress=False)
         per_image = time.perf_counter() - t0
         t0 = time.perf_counter()
-        s = segment_slide(predictor, cfg, slide, os.path.join(args.work, f"out_speed_{tile}"), overwrite=True,
+        s = segment_slide(slide_predictor, cfg, slide, os.path.join(args.work, f"out_speed_{tile}"), overwrite=True,
                           progress=False)
         slide_s = time.perf_counter() - t0
         results[f"tile_{tile}"] = {
@@ -199,6 +205,12 @@ def _rasterise(features, shape, dx=0, dy=0):
     return labels
 
 
+def _centre_inside(feature, ox, oy, w, h):
+    ring = np.asarray(feature["geometry"]["coordinates"][0])
+    cx, cy = ring[:, 0].mean(), ring[:, 1].mean()
+    return ox <= cx < ox + w and oy <= cy < oy + h
+
+
 def _duplicates(features, iou=0.5):
     """Pairs (i, j) of polygons with mask IoU > iou (boxes bucketed on a 64 px grid)."""
     from d2_nucleus.slide.stitching import crop_iou
@@ -227,6 +239,7 @@ def _duplicates(features, iou=0.5):
 def bench_seams(args):
     """Real-image mosaic (tiles not aligned with the image grid) vs tools/predict.py's per-image run."""
     from d2_nucleus.data.mask_io import read_mask
+    from d2_nucleus.data.synthetic_slide import GLASS_RGB
     from d2_nucleus.evaluation.nucleus_metrics import compute_nucleus_metrics
     from d2_nucleus.export import rles_to_geojson
     from d2_nucleus.slide import segment_slide
@@ -257,22 +270,34 @@ def bench_seams(args):
         gt = np.zeros((h, w), np.int32)
         for k, mf in enumerate(item.mask_files, 1):
             gt[read_mask(mf).to_full() > 0] = k
+        pad = args.reference_glass
+        px = py = 0
+        if pad:  # the image in the glass it has around it in the mosaic (isolates the stitching)
+            if args.reference_align:
+                # at the offset modulo 32 px (the stride of the coarsest feature map the RoI heads
+                # read, P5) it has in its tiles: tile origins (core origin - OVERLAP / 2, core
+                # origins multiples of TILE_SIZE - OVERLAP) are multiples of 32 with the defaults
+                px, py = pad + (ox - pad) % 32, pad + (oy - pad) % 32
+            else:
+                px = py = pad
+            canvas = np.empty((h + py + pad, w + px + pad, 3), np.uint8)
+            canvas[:] = GLASS_RGB
+            canvas[py : py + h, px : px + w] = im
+        else:
+            canvas = im
         t0 = time.perf_counter()
-        inst = predictor([im[:, :, ::-1].copy()])[0]
+        inst = predictor([canvas[:, :, ::-1].copy()])[0]
         t_pred += time.perf_counter() - t0
         keep = [i for i, s in enumerate(inst.scores.tolist()) if s >= thresh]
         rles = [inst.pred_rles[i] for i in keep]
         scores = [float(inst.scores[i]) for i in keep]
         nonempty = [i for i, r in enumerate(rles) if rle_counts(r)[1::2].sum() > 0]
         per_image = rles_to_geojson([rles[i] for i in nonempty], [scores[i] for i in nonempty])["features"]
+        if pad:  # the nuclei of the image (centre inside it), as for the slide below
+            per_image = [f for f in per_image if _centre_inside(f, px, py, w, h)]
         image_dups += len(_duplicates(per_image))
-        mine = []
-        for f in features:
-            ring = np.asarray(f["geometry"]["coordinates"][0])
-            cx, cy = ring[:, 0].mean(), ring[:, 1].mean()
-            if ox <= cx < ox + w and oy <= cy < oy + h:
-                mine.append(f)
-        m_img = compute_nucleus_metrics(gt, _rasterise(per_image, (h, w)))
+        mine = [f for f in features if _centre_inside(f, ox, oy, w, h)]
+        m_img = compute_nucleus_metrics(gt, _rasterise(per_image, (h, w), px, py))
         m_sld = compute_nucleus_metrics(gt, _rasterise(mine, (h, w), ox, oy))
         rows.append({"image": item.image_id, "n_image": len(per_image), "n_slide": len(mine),
                      "aji_image": m_img["AJI"], "aji_slide": m_sld["AJI"], "pq_image": m_img["PQ"],
@@ -330,10 +355,15 @@ def main():
     p.add_argument("--cols", type=int, default=3)
     p.add_argument("--seam-images", type=int, default=24, help="seams: training images in the mosaic (6 a row)")
     p.add_argument("--glass", type=int, default=212, help="glass: px of glass around each image")
+    p.add_argument("--reference-glass", type=int, default=0,
+                   help="seams: predict each reference image in this many px of glass, as the mosaic has it "
+                   "around it (default 0: the image alone, as tools/predict.py)")
+    p.add_argument("--reference-align", action="store_true",
+                   help="seams, with --reference-glass: place the image at the offset modulo 32 px it has in its tiles")
     p.add_argument("--tile-sizes", type=int, nargs="+", default=[1024])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
-    p.add_argument("--opts", nargs="+", default=[], help="config overrides (seams), e.g. TEST.LABEL_MAP_SCORE_THRESH 0.3")
+    p.add_argument("--opts", nargs="+", default=[], help="config overrides (memory, speed, seams), e.g. SLIDE.BATCH_SIZE 1")
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
     result = {"memory": bench_memory, "speed": bench_speed, "resume": bench_resume, "seams": bench_seams,

@@ -208,6 +208,19 @@ def test_batches_hold_tiles_of_one_size():
     assert batch_tiles([], 4) == []
 
 
+def test_slide_cli_detector_threshold_is_the_kept_score():
+    """Slide mode computes masks only for the nuclei it keeps (score >= its threshold)."""
+    spec = importlib.util.spec_from_file_location("segment_slides_cli", os.path.join(ROOT, "tools", "segment_slides.py"))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    base = ["--config-file", DEMO_CONFIG, "--weights", "x.pth", "s.svs", "--out", "o", "--device", "cpu"]
+    cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
+    assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(0.3)
+    for value in ("0.7", "0.0"):
+        cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--score-thresh", value]))
+        assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(float(value))
+
+
 def test_tissue_detection_skips_glass(tmp_path):
     rng = np.random.default_rng(0)
     tissue, _ = render_nuclei_image(rng, 1200, 1600, 300)

@@ -58,6 +58,7 @@ def get_parser():
 def setup_cfg(args):
     # Imported here: --help and argument errors return without loading torch / Detectron2.
     from d2_nucleus.config import get_inference_cfg
+    from d2_nucleus.slide.config import set_slide_score_threshold
 
     cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     for value, key in ((args.tile_size, "TILE_SIZE"), (args.overlap, "OVERLAP"), (args.batch_size, "BATCH_SIZE")):
@@ -65,9 +66,7 @@ def setup_cfg(args):
             cfg.SLIDE[key] = value
     if args.model_mpp is not None:
         cfg.MODEL.PIXEL_SIZE_UM = args.model_mpp
-    if args.score_thresh is not None:
-        cfg.TEST.LABEL_MAP_SCORE_THRESH = args.score_thresh
-        cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = min(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, args.score_thresh)
+    set_slide_score_threshold(cfg, args.score_thresh)
     cfg.freeze()
     return cfg
 

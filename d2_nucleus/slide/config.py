@@ -2,7 +2,7 @@
 """Config keys of the whole-slide pipeline (tools/segment_slides.py)."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_slide_config", "model_mpp", "TRAINING_DATA_MPP"]
+__all__ = ["add_slide_config", "model_mpp", "set_slide_score_threshold", "TRAINING_DATA_MPP"]
 
 # Resolution of the training data (40x scans, ~0.25 um/px): the model's resolution when the config
 # does not give one (``MODEL.PIXEL_SIZE_UM`` 0 = unknown).
@@ -68,3 +68,17 @@ def model_mpp(cfg) -> float:
     """The model's resolution in um/px: ``MODEL.PIXEL_SIZE_UM``, or :data:`TRAINING_DATA_MPP` when 0."""
     value = float(getattr(cfg.MODEL, "PIXEL_SIZE_UM", 0.0) or 0.0)
     return value if value > 0 else TRAINING_DATA_MPP
+
+
+def set_slide_score_threshold(cfg, score_thresh=None) -> None:
+    """
+    Slide mode keeps only the nuclei scoring at least ``TEST.LABEL_MAP_SCORE_THRESH`` (or
+    ``score_thresh``, which then becomes it). Make it the detector's threshold too
+    (``MODEL.ROI_HEADS.SCORE_THRESH_TEST``), so that the mask head, mask pasting and RLE encoding
+    run for those nuclei only, not for every detection above the challenge's 0.05. The nuclei kept
+    are the same: box NMS among detections above the threshold is unchanged. Measured with the CPU
+    recipe (threshold 0.3): a 1024 x 272 px edge tile had 459 detections above 0.05.
+    """
+    if score_thresh is not None:
+        cfg.TEST.LABEL_MAP_SCORE_THRESH = float(score_thresh)
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
