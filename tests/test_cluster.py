@@ -4,7 +4,6 @@ Many slides on Dask (d2_nucleus/slide/cluster.py, tools/segment_cluster.py): a L
 worker processes (1 thread each), 4 small synthetic slides and the demo model with random weights.
 """
 import contextlib
-import importlib.util
 import os
 import signal
 import time
@@ -20,17 +19,12 @@ from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.data.synthetic_slide import write_synthetic_slide
 from d2_nucleus.slide.cluster import model_loads, read_manifest, segment_slides_on_cluster, start_local_cluster
 
+from tools_cli import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
 SLIDES = ["s0", "s1", "s2", "s3"]
 OUTPUT_SUFFIXES = (".geojson", ".parquet", ".csv", ".overview.png")
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tools", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +52,7 @@ def data(tmp_path_factory):
     # With the workers' torch thread count (1): float reductions (GroupNorm, convolutions) split
     # work by thread, so scores differ in the last bit between 1 and 2 threads.
     with _torch_threads(1):
-        assert _tool("segment_slides").main([str(slides), "--out", str(ref)] + args) == 0
+        assert load_tool("segment_slides").main([str(slides), "--out", str(ref)] + args) == 0
     return {"root": root, "slides": slides, "ref": ref, "args": args}
 
 
@@ -112,7 +106,7 @@ def test_cli_equals_single_process_bad_slide_reported_rerun_does_nothing(data, c
         os.symlink(data["slides"] / f"{name}.svs", slides / f"{name}.svs")
     (slides / "corrupt.svs").write_bytes(b"II*\x00" + b"\x00" * 100)
     out = tmp_path / "out"
-    cli = _tool("segment_cluster")
+    cli = load_tool("segment_cluster")
     argv = [str(slides), "--out", str(out), "--scheduler", local.scheduler_address] + data["args"]
     assert cli.main(argv) == 1
     captured = capsys.readouterr()
@@ -147,9 +141,9 @@ def test_cli_equals_single_process_bad_slide_reported_rerun_does_nothing(data, c
 def test_killed_worker_slide_is_retried_and_resumed(data, cluster, tmp_path):
     local, client = cluster
     out = tmp_path / "out"
-    cli_args = _tool("segment_cluster").get_parser().parse_args(
+    cli_args = load_tool("segment_cluster").get_parser().parse_args(
         [str(data["slides"]), "--out", str(out)] + data["args"])
-    cfg = _tool("segment_slides").setup_cfg(cli_args)
+    cfg = load_tool("segment_slides").setup_cfg(cli_args)
     killed = {}
 
     def kill_a_worker(futures):
@@ -208,8 +202,8 @@ def test_resume_after_kill_between_tile_records_is_bit_identical(data, tmp_path)
     from d2_nucleus.engine import NucleusPredictor
     from d2_nucleus.slide import segment_slide
 
-    args = _tool("segment_cluster").get_parser().parse_args([str(data["slides"]), "--out", "x"] + data["args"])
-    cfg = _tool("segment_slides").setup_cfg(args)
+    args = load_tool("segment_cluster").get_parser().parse_args([str(data["slides"]), "--out", "x"] + data["args"])
+    cfg = load_tool("segment_slides").setup_cfg(args)
     assert cfg.SLIDE.BATCH_SIZE == 2
     predictor = NucleusPredictor(cfg, batch_size=2)
 

@@ -1,5 +1,4 @@
 """tools/prepare_data.py and d2_nucleus.data.prepare: the prepared layout, sub-steps, and bad input."""
-import importlib.util
 import json
 import os
 import shutil
@@ -11,18 +10,13 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
+from tools_cli import load_tool
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = ("all_train", "train", "val", "test")
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("prepare_data_cli", os.path.join(REPO, "tools", "prepare_data.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-CLI = _load_cli()
+CLI = load_tool("prepare_data")
 
 
 def run_cli(*args):

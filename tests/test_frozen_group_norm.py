@@ -2,7 +2,6 @@
 """MODEL.FROZEN_GROUP_NORM and tools/freeze_group_norm.py: calibrated statistics, outputs that do
 not depend on the rest of the input, the written checkpoint + config, and bad input."""
 import copy
-import importlib.util
 import os
 
 import numpy as np
@@ -16,6 +15,8 @@ from d2_nucleus.compat import WeightsMismatchError
 from d2_nucleus.config import get_inference_cfg, get_nucleus_cfg
 from d2_nucleus.engine.predictor import NucleusPredictor
 from d2_nucleus.modeling import FrozenGroupNorm, calibrate_frozen_group_norms, convert_frozen_group_norms
+
+from tools_cli import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Base-Nucleus-RCNN-FPN.yaml")
@@ -110,14 +111,7 @@ def gn_weights(tmp_path_factory):
     return path
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("freeze_cli", os.path.join(ROOT, "tools", "freeze_group_norm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = _load_cli()
+CLI = load_tool("freeze_group_norm")
 
 
 def test_tool_writes_checkpoint_and_config_that_predict(gn_weights, synthetic_prepared, tmp_path, capsys):

@@ -1,6 +1,5 @@
 # -*- coding: utf-8 -*-
 """tools/predict.py: answer.json/zip, GeoJSON, label maps, overlays, TTA and bad input."""
-import importlib.util
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from d2_nucleus.export import (
 from d2_nucleus.modeling import NucleusRCNNWithTTA
 from d2_nucleus.utils.label_map import rles_to_label_map
 
+from tools_cli import load_tool
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Base-Nucleus-RCNN-FPN.yaml")
 # A tiny random model that still emits detections (score threshold 0), kept cheap on CPU.
@@ -42,14 +43,7 @@ TINY_OPTS = [
 ]
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("predict_cli", os.path.join(ROOT, "tools", "predict.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CLI = _load_cli()
+CLI = load_tool("predict")
 
 
 @pytest.fixture(scope="module")

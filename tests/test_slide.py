@@ -7,7 +7,6 @@ here): the slide's nuclei are painted in colours that encode their label, and th
 exactly the nuclei it sees in a tile, cut at the tile's edge as a real model would see them. With a
 perfect segmenter, the slide outputs must hold each nucleus exactly once, whole.
 """
-import importlib.util
 import json
 import os
 
@@ -34,6 +33,8 @@ from d2_nucleus.slide import (
     slide_thumbnail,
 )
 from d2_nucleus.utils import rle as rle_util
+
+from tools_cli import load_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
@@ -210,9 +211,7 @@ def test_batches_hold_tiles_of_one_size():
 
 def test_slide_cli_detector_threshold_is_the_kept_score():
     """Slide mode computes masks only for the nuclei it keeps (score >= its threshold)."""
-    spec = importlib.util.spec_from_file_location("segment_slides_cli", os.path.join(ROOT, "tools", "segment_slides.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = load_tool("segment_slides")
     base = ["--config-file", DEMO_CONFIG, "--weights", "x.pth", "s.svs", "--out", "o", "--device", "cpu"]
     cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(0.3)
@@ -358,13 +357,6 @@ def test_existing_outputs_not_overwritten(label_slide, tmp_path):
 # -------------------------------------------------------------------------------------------------
 # The CLI with the real model class (random weights)
 # -------------------------------------------------------------------------------------------------
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("segment_slides_cli", os.path.join(ROOT, "tools", "segment_slides.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     from detectron2.modeling import build_model
 
@@ -383,7 +375,7 @@ def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     (slides / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 100)
     cv2.imwrite(str(slides / "nompp.png"), tissue)
     out = tmp_path / "out"
-    cli = _load_cli()
+    cli = load_tool("segment_slides")
     argv = ["--config-file", DEMO_CONFIG, "--weights", weights, str(slides), "--out", str(out), "--quiet",
             "--tile-size", "256", "--overlap", "32", "--csv", "--score-thresh", "0.0",
             "--opts", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "TEST.DETECTIONS_PER_IMAGE", "20"]
