@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from d2_nucleus.utils.cli import quiet_known_warnings
+from d2_nucleus.utils.cli import error_line, quiet_known_warnings
 
 PROG = "freeze_group_norm"
 
@@ -45,8 +45,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_warnings()
     from d2_nucleus.config import get_inference_cfg
-    from d2_nucleus.engine.group_norm_calibration import freeze_group_norms, write_frozen_model
-    from d2_nucleus.utils.file_io import check_target
+    from d2_nucleus.engine.group_norm_calibration import freeze_group_norms, frozen_output_paths, write_frozen_model
 
     try:
         if args.num_images < 0:
@@ -54,13 +53,12 @@ def main(argv=None):
         cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
         if args.data_root:
             cfg.NUCLEUS.DATA_ROOT = args.data_root
-        # Before the model runs: outputs that exist are refused now.
-        check_target(args.output, args.overwrite)
+        # Before the model runs: a bad output name, or outputs that exist, are refused now.
+        frozen_output_paths(args.output, args.overwrite)
         model, n = freeze_group_norms(cfg, args.dataset, args.num_images, progress=not args.quiet)
         pth, yaml = write_frozen_model(model, cfg, args.output, args.overwrite)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+        print(error_line(PROG, e), file=sys.stderr)
         return 2
     print(f"calibrated on {n} images: wrote {pth} and {yaml}")
     return 0

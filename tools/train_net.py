@@ -25,6 +25,7 @@ from d2_nucleus.config import ConfigError, get_nucleus_cfg
 from d2_nucleus.data import register_nucleus_datasets, resolve_data_root
 from d2_nucleus.data.datasets import check_nucleus_datasets
 from d2_nucleus.engine import NucleusTrainer
+from d2_nucleus.utils.cli import error_line
 from d2_nucleus.utils.file_io import OutputExistsError, check_writable_dir
 
 PROG = "train_net"
@@ -83,8 +84,7 @@ def setup(args):
 
 
 def _fail(e):
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-    print(f"{PROG}: error: {' '.join(str(msg).split())}", file=sys.stderr)
+    print(error_line(PROG, e), file=sys.stderr)
     sys.exit(2)
 
 

@@ -23,7 +23,7 @@ from ..modeling.frozen_group_norm import calibrate_frozen_group_norms, convert_f
 from ..utils.autocast import cpu_autocast
 from ..utils.file_io import atomic_write, check_target, output_transaction
 
-__all__ = ["freeze_group_norms", "write_frozen_model"]
+__all__ = ["freeze_group_norms", "frozen_output_paths", "write_frozen_model"]
 
 
 def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bool = True) -> Tuple[torch.nn.Module, int]:
@@ -62,11 +62,12 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     return model, n
 
 
-def write_frozen_model(model, cfg, output: str, overwrite: bool = False) -> Tuple[str, str]:
+def frozen_output_paths(output: str, overwrite: bool = False) -> Tuple[str, str]:
     """
-    Write ``output`` (the checkpoint: ``{"model": state_dict}``) and ``output`` with ``.yaml``
-    (``cfg`` with ``MODEL.FROZEN_GROUP_NORM True`` and ``MODEL.WEIGHTS`` = the checkpoint), both or
-    neither. Returns their paths.
+    The checkpoint ``output`` (must end in ``.pth``) and its config (``.yaml`` beside it).
+
+    Raises:
+        ValueError: another name. OutputExistsError: one exists and ``overwrite`` is False.
     """
     root, ext = os.path.splitext(output)
     if ext != ".pth":
@@ -74,6 +75,16 @@ def write_frozen_model(model, cfg, output: str, overwrite: bool = False) -> Tupl
     config_path = root + ".yaml"
     check_target(output, overwrite)
     check_target(config_path, overwrite)
+    return output, config_path
+
+
+def write_frozen_model(model, cfg, output: str, overwrite: bool = False) -> Tuple[str, str]:
+    """
+    Write ``output`` (the checkpoint: ``{"model": state_dict}``) and ``output`` with ``.yaml``
+    (``cfg`` with ``MODEL.FROZEN_GROUP_NORM True`` and ``MODEL.WEIGHTS`` = the checkpoint), both or
+    neither. Returns their paths.
+    """
+    output, config_path = frozen_output_paths(output, overwrite)
     frozen = cfg.clone()
     frozen.defrost()
     frozen.MODEL.FROZEN_GROUP_NORM = True

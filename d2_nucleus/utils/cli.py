@@ -2,7 +2,7 @@
 """What every d2_nucleus command-line tool sets up for its own process (never done on import)."""
 import warnings
 
-__all__ = ["quiet_known_warnings"]
+__all__ = ["error_line", "quiet_known_warnings"]
 
 
 def quiet_known_warnings() -> None:
@@ -12,3 +12,9 @@ def quiet_known_warnings() -> None:
     work). A process-wide filter, so only entry points (``tools/*.py``) call this.
     """
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
+
+
+def error_line(prog: str, e: BaseException) -> str:
+    """``"<prog>: error: <message>"`` on one line (a KeyError's message without its quotes)."""
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+    return f"{prog}: error: {' '.join(str(msg).split())}"
