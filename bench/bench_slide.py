@@ -6,6 +6,7 @@ Benchmarks of the whole-slide pipeline (tools/segment_slides.py); numbers in BEN
     python bench/bench_slide.py speed  --config-file C --weights W [--raw RAW]  # vs predict, same pixels
     python bench/bench_slide.py resume --config-file C --weights W [--raw RAW]  # kill -9, rerun, compare
     python bench/bench_slide.py seams  --config-file C --weights W --raw RAW    # real mosaic vs per image
+    python bench/bench_slide.py shift  --config-file C --weights W --raw RAW    # predict vs itself shifted
     python bench/bench_slide.py glass  --config-file C --weights W --raw RAW --seam-images 2  # context check
 
 Slides are built in --work (default /tmp/bench_slide) from synthetic H&E (d2_nucleus.data.synthetic)
@@ -23,6 +24,7 @@ import time
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -236,14 +238,37 @@ def _duplicates(features, iou=0.5):
     return pairs
 
 
+def _image_features(predictor, canvas, thresh, inside=None):
+    """GeoJSON features of the detections scoring >= thresh on an RGB canvas (the nuclei the slide
+    outputs keep); with inside=(x, y, w, h) only those whose centre lies in that rectangle."""
+    from d2_nucleus.export import rles_to_geojson
+    from d2_nucleus.utils.rle import rle_counts
+
+    inst = predictor([canvas[:, :, ::-1].copy()])[0]
+    keep = [i for i, s in enumerate(inst.scores.tolist()) if s >= thresh]
+    rles = [inst.pred_rles[i] for i in keep]
+    scores = [float(inst.scores[i]) for i in keep]
+    nonempty = [i for i, r in enumerate(rles) if rle_counts(r)[1::2].sum() > 0]
+    features = rles_to_geojson([rles[i] for i in nonempty], [scores[i] for i in nonempty])["features"]
+    if inside is not None:
+        features = [f for f in features if _centre_inside(f, *inside)]
+    return features
+
+
+def _gt_labels(item, shape):
+    from d2_nucleus.data.mask_io import read_mask
+
+    gt = np.zeros(shape, np.int32)
+    for k, mf in enumerate(item.mask_files, 1):
+        gt[read_mask(mf).to_full() > 0] = k
+    return gt
+
+
 def bench_seams(args):
     """Real-image mosaic (tiles not aligned with the image grid) vs tools/predict.py's per-image run."""
-    from d2_nucleus.data.mask_io import read_mask
     from d2_nucleus.data.synthetic_slide import GLASS_RGB
     from d2_nucleus.evaluation.nucleus_metrics import compute_nucleus_metrics
-    from d2_nucleus.export import rles_to_geojson
     from d2_nucleus.slide import segment_slide
-    from d2_nucleus.utils.rle import rle_counts
 
     if not args.raw:
         raise SystemExit("seams needs --raw (the real dataset)")
@@ -267,9 +292,7 @@ def bench_seams(args):
     image_dups = 0
     for im, item, (ox, oy) in zip(images, items, offsets):
         h, w = im.shape[:2]
-        gt = np.zeros((h, w), np.int32)
-        for k, mf in enumerate(item.mask_files, 1):
-            gt[read_mask(mf).to_full() > 0] = k
+        gt = _gt_labels(item, (h, w))
         pad = args.reference_glass
         px = py = 0
         if pad:  # the image in the glass it has around it in the mosaic (isolates the stitching)
@@ -286,15 +309,8 @@ def bench_seams(args):
         else:
             canvas = im
         t0 = time.perf_counter()
-        inst = predictor([canvas[:, :, ::-1].copy()])[0]
+        per_image = _image_features(predictor, canvas, thresh, (px, py, w, h) if pad else None)
         t_pred += time.perf_counter() - t0
-        keep = [i for i, s in enumerate(inst.scores.tolist()) if s >= thresh]
-        rles = [inst.pred_rles[i] for i in keep]
-        scores = [float(inst.scores[i]) for i in keep]
-        nonempty = [i for i, r in enumerate(rles) if rle_counts(r)[1::2].sum() > 0]
-        per_image = rles_to_geojson([rles[i] for i in nonempty], [scores[i] for i in nonempty])["features"]
-        if pad:  # the nuclei of the image (centre inside it), as for the slide below
-            per_image = [f for f in per_image if _centre_inside(f, px, py, w, h)]
         image_dups += len(_duplicates(per_image))
         mine = [f for f in features if _centre_inside(f, ox, oy, w, h)]
         m_img = compute_nucleus_metrics(gt, _rasterise(per_image, (h, w), px, py))
@@ -324,6 +340,53 @@ def bench_seams(args):
     return result
 
 
+def bench_shift(args):
+    """tools/predict.py against itself: each image alone vs the same image shifted right and down by
+    s px on a canvas of the model's pixel mean (the value Detectron2 pads with: 0 after
+    normalisation), AJI / PQ against the ground truth. Shifts that are not multiples of the
+    network's stride (32) put the nuclei on another feature grid, as tiles of a slide do: this is
+    the per-image prediction's own spread under such a shift, the noise floor of the seams target."""
+    from d2_nucleus.evaluation.nucleus_metrics import compute_nucleus_metrics
+
+    if not args.raw:
+        raise SystemExit("shift needs --raw (the real dataset)")
+    images, items = _tissue_images(args, args.seam_images)
+    cfg, predictor = _predictor(args, args.opts)
+    thresh = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
+    mean_rgb = np.clip(np.round(np.asarray(cfg.MODEL.PIXEL_MEAN, np.float64)), 0, 255).astype(np.uint8)
+    if cfg.INPUT.FORMAT == "BGR":
+        mean_rgb = mean_rgb[::-1]
+    rows = []
+    for im, item in zip(tqdm(images, desc="shift", unit="image"), items):
+        h, w = im.shape[:2]
+        gt = _gt_labels(item, (h, w))
+        row = {"image": item.image_id}
+        for s in [0, *args.shifts]:
+            canvas = np.empty((h + s, w + s, 3), np.uint8)
+            canvas[:] = mean_rgb
+            canvas[s:, s:] = im
+            m = compute_nucleus_metrics(gt, _rasterise(_image_features(predictor, canvas, thresh, (s, s, w, h)),
+                                                       (h, w), s, s))
+            row[f"aji_{s}"], row[f"pq_{s}"] = m["AJI"], m["PQ"]
+        rows.append(row)
+        print(json.dumps(row))
+    result = {"images": len(rows), "rows": rows, "shifts": {}}
+    for s in args.shifts:
+        d_aji = np.abs([r[f"aji_{s}"] - r["aji_0"] for r in rows])
+        d_pq = np.abs([r[f"pq_{s}"] - r["pq_0"] for r in rows])
+        result["shifts"][s] = {
+            "within_0.01_both": int(((d_aji <= 0.01) & (d_pq <= 0.01)).sum()),
+            "median_abs_d_aji": float(np.median(d_aji)), "max_abs_d_aji": float(d_aji.max()),
+            "median_abs_d_pq": float(np.median(d_pq)), "max_abs_d_pq": float(d_pq.max()),
+            "mean_aji": float(np.mean([r[f"aji_{s}"] for r in rows])),
+            "mean_pq": float(np.mean([r[f"pq_{s}"] for r in rows])),
+        }
+    result["mean_aji_0"] = float(np.mean([r["aji_0"] for r in rows]))
+    result["mean_pq_0"] = float(np.mean([r["pq_0"] for r in rows]))
+    print(json.dumps(result["shifts"]))
+    return result
+
+
 def bench_glass(args):
     """The model on an image alone vs the same image centred in glass (does context change it?)."""
     from d2_nucleus.data.synthetic_slide import GLASS_RGB
@@ -345,7 +408,7 @@ def bench_glass(args):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("memory", "speed", "resume", "seams", "glass"))
+    p.add_argument("what", choices=("memory", "speed", "resume", "seams", "shift", "glass"))
     p.add_argument("--config-file", default=os.path.join(ROOT, "configs", "cpu", "mask_rcnn_R_18_FPN_cpu_gn.yaml"))
     p.add_argument("--weights", required=True)
     p.add_argument("--raw", default=os.environ.get("D2_NUCLEUS_RAW_DATA"))
@@ -360,6 +423,8 @@ def main():
                    "around it (default 0: the image alone, as tools/predict.py)")
     p.add_argument("--reference-align", action="store_true",
                    help="seams, with --reference-glass: place the image at the offset modulo 32 px it has in its tiles")
+    p.add_argument("--shifts", type=int, nargs="+", default=[8, 16, 32],
+                   help="shift: px to shift each image by (32, the stride, is the control)")
     p.add_argument("--tile-sizes", type=int, nargs="+", default=[1024])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="also write the results here")
@@ -367,7 +432,7 @@ def main():
     args = p.parse_args()
     os.makedirs(args.work, exist_ok=True)
     result = {"memory": bench_memory, "speed": bench_speed, "resume": bench_resume, "seams": bench_seams,
-              "glass": bench_glass}[args.what](args)
+              "shift": bench_shift, "glass": bench_glass}[args.what](args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
