@@ -31,6 +31,11 @@ def add_nucleus_config(cfg):
     # (tools/predict.py --measurements) use it when --mpp is not given.
     cfg.MODEL.PIXEL_SIZE_UM = 0.0
 
+    # Test images (evaluation, tools/predict.py, slide tiles) are resized by this factor of their
+    # native size when it is not 1 (replacing MIN_SIZE_TEST); outputs are in the image's pixels.
+    # Upscaling helps small nuclei: BENCHMARKS.md "Test-time upscaling".
+    cfg.INPUT.TEST_SCALE = 1.0
+
     # ---------------------------------------------------------------------------------------------
     # Training augmentation for H&E tiles (applied after Detectron2's resize/crop/flip)
     # ---------------------------------------------------------------------------------------------

@@ -7,12 +7,13 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.dataset_mapper import NucleusDatasetMapper, dense_label_map
 from d2_nucleus.data.synthetic import render_nuclei_image
-from d2_nucleus.data.transforms import Rot90Transform, StainJitterTransform
+from d2_nucleus.data.transforms import RelativeResize, Rot90Transform, StainJitterTransform
 
 BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                     "Base-Nucleus-RCNN-FPN.yaml")
@@ -109,6 +110,25 @@ def test_overlapping_annotations_fall_back(record):
 def test_test_mapper_is_native_resolution(record):
     out = NucleusDatasetMapper(_cfg(), False)(record)
     assert tuple(out["image"].shape) == (3, 300, 280) and "instances" not in out
+
+
+def test_test_scale_is_relative_to_each_image(record):
+    cfg = _cfg()
+    cfg.INPUT.TEST_SCALE = 1.5
+    out = NucleusDatasetMapper(cfg, False)(record)
+    assert tuple(out["image"].shape) == (3, 450, 420)  # 300 x 280 image: x 1.5 on both sides
+    assert (out["height"], out["width"]) == (300, 280)  # outputs stay in the image's pixels
+    cfg.INPUT.MAX_SIZE_TEST = 300  # the longer edge kept within MAX_SIZE_TEST
+    assert tuple(NucleusDatasetMapper(cfg, False)(record)["image"].shape) == (3, 300, 280)
+
+
+def test_relative_resize_equals_shortest_edge_on_square_images():
+    img, _ = render_nuclei_image(np.random.default_rng(2), 200, 200, 30)
+    a = RelativeResize(1.25).get_transform(img).apply_image(img)
+    b = T.ResizeShortestEdge(250, 4000).get_transform(img).apply_image(img)
+    assert a.shape == (250, 250, 3) and np.array_equal(a, b)
+    with pytest.raises(ValueError, match="TEST_SCALE"):
+        RelativeResize(0.0)
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

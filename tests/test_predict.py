@@ -18,6 +18,7 @@ from pycocotools.coco import COCO
 from detectron2.modeling import build_model
 
 from d2_nucleus.config import get_nucleus_cfg
+from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.engine.predictor import BadImageError, list_inputs, read_image
 from d2_nucleus.export import (
     OutputExistsError,
@@ -141,6 +142,21 @@ def test_native_resolution_any_size_and_channels(weights, tmp_path):
     assert predict(weights, "--input", folder, "--output", out) == 0
     sizes = {a["image_id"]: a["segmentation"]["size"] for a in json.load(open(out))}
     assert sizes == {1: [75, 130], 2: [64, 50], 3: [40, 60]}
+
+
+def test_test_scale_outputs_in_image_pixels(weights, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    img, _ = render_nuclei_image(np.random.default_rng(3), 90, 120, 25)
+    Image.fromarray(img).save(folder / "a.png")
+    outs = {}
+    for scale in ("1.0", "1.5"):
+        out = tmp_path / f"answer_{scale}.json"
+        assert predict(weights, "--input", folder, "--output", out, opts=["INPUT.TEST_SCALE", scale]) == 0
+        outs[scale] = json.load(open(out))
+    assert all(a["segmentation"]["size"] == [90, 120] for a in outs["1.5"]) and outs["1.5"]
+    # another input size, so other detections: the key reaches the model
+    assert [a["bbox"] for a in outs["1.0"]] != [a["bbox"] for a in outs["1.5"]]
 
 
 # -------------------------------------------------------------------------------------------------

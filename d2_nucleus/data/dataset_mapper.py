@@ -16,7 +16,7 @@ from fvcore.transforms.transform import CropTransform
 from ..utils import rle as rle_util
 from ..utils.label_map import annotations_to_label_map
 from .image_io import read_image
-from .transforms import RandomRot90, RandomStainJitter
+from .transforms import RandomRot90, RandomStainJitter, RelativeResize
 
 __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_map"]
 
@@ -24,8 +24,11 @@ __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_ma
 def build_nucleus_augmentation(cfg, is_train):
     """
     Training: random crop -> scale jitter -> horizontal/vertical flips -> 90-degree rotations ->
-    stain, brightness and contrast jitter. Test: Detectron2's resize (MIN_SIZE_TEST 0 = native).
+    stain, brightness and contrast jitter. Test: ``INPUT.TEST_SCALE`` x the native size when it is
+    not 1, else Detectron2's resize (MIN_SIZE_TEST 0 = native).
     """
+    if not is_train and float(cfg.INPUT.TEST_SCALE) != 1.0:
+        return [RelativeResize(float(cfg.INPUT.TEST_SCALE), int(cfg.INPUT.MAX_SIZE_TEST))]
     augs = utils.build_augmentation(cfg, is_train)  # resize (+ horizontal flip when training)
     if not is_train:
         return augs

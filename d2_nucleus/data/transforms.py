@@ -1,10 +1,11 @@
 # -*- coding: utf-8 -*-
-"""Augmentations for H&E tiles: exact 90-degree rotations and stain (colour) jitter."""
+"""Augmentations for H&E tiles: exact 90-degree rotations, stain (colour) jitter, and the test-time
+resize relative to each image's native size."""
 import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import NoOpTransform, Transform
 
-__all__ = ["Rot90Transform", "RandomRot90", "StainJitterTransform", "RandomStainJitter"]
+__all__ = ["Rot90Transform", "RandomRot90", "RelativeResize", "StainJitterTransform", "RandomStainJitter"]
 
 # Ruifrok & Johnston stain matrix, rows = haematoxylin, eosin, DAB optical densities in RGB order.
 _RGB_FROM_HED = np.array(
@@ -101,3 +102,29 @@ class RandomStainJitter(T.Augmentation):
         alpha = np.random.uniform(1 - self.sigma_scale, 1 + self.sigma_scale, 3).astype(np.float32)
         beta = np.random.uniform(-self.sigma_shift, self.sigma_shift, 3).astype(np.float32)
         return StainJitterTransform(alpha, beta, self.image_format)
+
+
+class RelativeResize(T.Augmentation):
+    """
+    Resize by a fixed factor of the image's own size (``INPUT.TEST_SCALE``), where Detectron2's
+    ``ResizeShortestEdge`` resizes to a fixed short-edge length: an upscale for small nuclei must
+    not turn into a downscale on a larger image or a slide tile. The longer edge is kept within
+    ``max_size``. Bilinear, as ``ResizeShortestEdge``: on a 1000 x 1000 image ``RelativeResize(1.25)``
+    gives exactly ``ResizeShortestEdge(1250)``'s pixels.
+    """
+
+    def __init__(self, scale: float, max_size: int = 0):
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"INPUT.TEST_SCALE must be positive, got {scale}")
+        self._init(locals())
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        scale = self.scale
+        if self.max_size and max(h, w) * scale > self.max_size:
+            scale = self.max_size / max(h, w)
+        newh, neww = int(round(h * scale)), int(round(w * scale))
+        if (newh, neww) == (h, w):
+            return NoOpTransform()
+        return T.ResizeTransform(h, w, newh, neww)
