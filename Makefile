@@ -15,6 +15,7 @@ DEMO_ITERS ?= 300
 # The CPU recipe on the real dataset (BENCHMARKS.md): make recipe-val DATA=...; make recipe-answer
 RECIPE_CONFIG ?= configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml
 RECIPE_DIR ?= output/cpu_recipe
+SLIDE_TEST_SCALE ?= 1.0
 FINETUNE_ITERS ?= 150
 FROZEN_ITERS ?= 300
 FROZEN_DECAY ?= 200
@@ -86,11 +87,14 @@ recipe-answer: $(STAMP)
 # A model for whole slides (after recipe-val): the backbone's GroupNorm statistics frozen on the
 # training images (tiles then give the nuclei whole images give), then FROZEN_ITERS iterations
 # with them, LR 0.002 then 0.0002 from FROZEN_DECAY (~15-20 min; recovers most of the accuracy freezing costs: BENCHMARKS.md "Seams").
+# Slides are segmented at SLIDE_TEST_SCALE x the model's resolution (default 1.0: native, the speed,
+# memory and seams of BENCHMARKS.md; 1.25 = the recipe's test scale, +2 AJI points for 1.56x the time).
 # Use it with: tools/segment_slides.py --config-file $(RECIPE_DIR)/frozen/model_frozen_gn.yaml
 #   --weights $(RECIPE_DIR)/frozen_ft/model_final.pth ...
 recipe-slides: $(STAMP)
 	$(PY) tools/freeze_group_norm.py --config-file $(RECIPE_CONFIG) --weights "$(RECIPE_DIR)/train/model_final.pth" \
-	  --data-root "$(RECIPE_DIR)/prepared" --output "$(RECIPE_DIR)/frozen/model_frozen_gn.pth" --overwrite
+	  --data-root "$(RECIPE_DIR)/prepared" --output "$(RECIPE_DIR)/frozen/model_frozen_gn.pth" --overwrite \
+	  INPUT.TEST_SCALE $(SLIDE_TEST_SCALE)
 	$(PY) tools/train_net.py --config-file "$(RECIPE_DIR)/frozen/model_frozen_gn.yaml" --data-root "$(RECIPE_DIR)/prepared" \
 	  SOLVER.BASE_LR 0.002 SOLVER.WARMUP_ITERS 20 SOLVER.STEPS '($(FROZEN_DECAY),)' \
 	  SOLVER.MAX_ITER $(FROZEN_ITERS) SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$(RECIPE_DIR)/frozen_ft"

@@ -67,7 +67,7 @@ def table(rows, first):
     return "\n".join(lines)
 
 
-def plot_curve(points, path):
+def plot_curve(points, path, title="CPU recipe learning curve (ResNet-18-FPN GN, from scratch)"):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,7 +90,7 @@ def plot_curve(points, path):
     b.legend(loc="lower right")
     b2.legend(loc="center right")
     b.grid(alpha=0.3)
-    fig.suptitle("CPU recipe learning curve (ResNet-18-FPN GN, from scratch)")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -276,6 +276,8 @@ def bench_seams(args):
     slide = os.path.join(args.work, "seams_mosaic.svs")
     offsets = _mosaic_slide(slide, images, cols=min(6, len(images)), gap=200, margin=300)
     cfg, predictor = _predictor(args, args.opts)
+    if args.reference_align and float(cfg.INPUT.TEST_SCALE) != 1.0:
+        raise SystemExit("--reference-align aligns in slide pixels: it needs --opts INPUT.TEST_SCALE 1.0")
     out = os.path.join(args.work, "out_seams")
     t0 = time.perf_counter()
     summary = segment_slide(predictor, cfg, slide, out, overwrite=True, progress=True)
