@@ -88,7 +88,7 @@ recipe-answer: $(STAMP)
 # training images (tiles then give the nuclei whole images give), then FROZEN_ITERS iterations
 # with them, LR 0.002 then 0.0002 from FROZEN_DECAY (~15-20 min; recovers most of the accuracy freezing costs: BENCHMARKS.md "Seams").
 # Slides are segmented at SLIDE_TEST_SCALE x the model's resolution (default 1.0: native, the speed,
-# memory and seams of BENCHMARKS.md; 1.25 = the recipe's test scale, +2 AJI points for 1.56x the time).
+# memory and seams of BENCHMARKS.md; 1.25 = the recipe's test scale, +2 AJI points for ~1.26x the time).
 # Use it with: tools/segment_slides.py --config-file $(RECIPE_DIR)/frozen/model_frozen_gn.yaml
 #   --weights $(RECIPE_DIR)/frozen_ft/model_final.pth ...
 recipe-slides: $(STAMP)
