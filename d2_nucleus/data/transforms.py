@@ -124,7 +124,7 @@ class RelativeResize(T.Augmentation):
         scale = self.scale
         if self.max_size and max(h, w) * scale > self.max_size:
             scale = self.max_size / max(h, w)
-        newh, neww = int(round(h * scale)), int(round(w * scale))
+        newh, neww = int(h * scale + 0.5), int(w * scale + 0.5)  # rounded as ResizeShortestEdge
         if (newh, neww) == (h, w):
             return NoOpTransform()
         return T.ResizeTransform(h, w, newh, neww)

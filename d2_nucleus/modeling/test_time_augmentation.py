@@ -28,6 +28,7 @@ from detectron2.data.transforms import (
 )
 from detectron2.modeling import DatasetMapperTTA, GeneralizedRCNNWithTTA
 
+from ..data.transforms import RelativeResize
 from .meta_arch import PER_DETECTION_HEADS
 from .maskness import maskness_rescore
 from .postprocessing import nucleus_postprocess
@@ -69,11 +70,10 @@ class NucleusDatasetMapperTTA(DatasetMapperTTA):
             pre_tfm = ResizeTransform(orig_shape[0], orig_shape[1], image.shape[0], image.shape[1])
         else:
             pre_tfm = NoOpTransform()
-        if self.scales:
-            short = min(image.shape[:2])
-            sizes = [0 if s == 1 else int(round(s * short)) for s in self.scales]  # 0: as is
+        if self.scales:  # relative to the image, as INPUT.TEST_SCALE
+            resizes = [RelativeResize(s, self.max_size) for s in self.scales]
         else:
-            sizes = list(self.min_sizes)
+            resizes = [ResizeShortestEdge(size, self.max_size) for size in self.min_sizes]
         flips = [[]]
         if self.flip:
             flips.append([RandomFlip(prob=1.0, horizontal=True, vertical=False)])
@@ -81,11 +81,9 @@ class NucleusDatasetMapperTTA(DatasetMapperTTA):
             flips += [f + [RandomFlip(prob=1.0, horizontal=False, vertical=True)] for f in flips]
 
         ret = []
-        for size in sizes:
+        for resize in resizes:
             for flip in flips:
-                new_image, tfms = apply_augmentations(
-                    [ResizeShortestEdge(size, self.max_size)] + flip, np.copy(image)
-                )
+                new_image, tfms = apply_augmentations([resize] + flip, np.copy(image))
                 dic = copy.deepcopy(dataset_dict)
                 dic["transforms"] = pre_tfm + tfms
                 dic["image"] = torch.from_numpy(np.ascontiguousarray(new_image.transpose(2, 0, 1)))
