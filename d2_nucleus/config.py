@@ -64,6 +64,11 @@ def add_nucleus_config(cfg):
     cfg.MODEL.ROI_MASKIOU_HEAD.NORM = ""
     cfg.MODEL.ROI_MASKIOU_HEAD.LOSS_WEIGHT = 1.0
 
+    # Train only the parameters whose names start with one of these prefixes (e.g.
+    # "roi_heads.maskiou_head" to add a MaskIoU head to a trained model); the rest are frozen
+    # (engine/trainable.py). Empty: train everything.
+    cfg.SOLVER.TRAIN_ONLY = ()
+
     # ---------------------------------------------------------------------------------------------
     # Evaluation
     # ---------------------------------------------------------------------------------------------

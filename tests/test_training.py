@@ -148,6 +148,35 @@ def test_eval_only_cli_prints_and_saves_metrics(trained_demo, synthetic_prepared
     assert saved, "metrics and predictions are saved"
 
 
+def test_train_only_adds_a_maskiou_head_to_a_trained_model(trained_demo, synthetic_prepared, tmp_path):
+    """SOLVER.TRAIN_ONLY: a MaskIoU head learns on top of trained weights that stay as they were."""
+    _, weights = trained_demo
+    cfg = tiny_cfg("configs/demo/mask_rcnn_R_18_FPN_demo.yaml", synthetic_prepared, tmp_path,
+                   "MODEL.WEIGHTS", weights, "MODEL.RESNETS.WIDTH_PER_GROUP", "32",
+                   "MODEL.ROI_HEADS.NAME", "MaskScoringROIHeads", "MODEL.MASKIOU_ON", "True",
+                   "SOLVER.TRAIN_ONLY", "('roi_heads.maskiou_head',)", "SOLVER.BASE_LR", "0.01",
+                   "SOLVER.MAX_ITER", "2", "DATASETS.TEST", "()")
+    trainer = NucleusTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    before = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert "loss_maskiou" in trainer.storage.latest()
+    after = trainer.model.state_dict()
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    assert changed and all(k.startswith("roi_heads.maskiou_head.") for k in changed), changed
+    trainable = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert trainable == {id(p) for n, p in trainer.model.named_parameters() if n.startswith("roi_heads.maskiou_head.")}
+
+
+def test_train_only_naming_no_parameter_is_a_config_error(synthetic_prepared, tmp_path):
+    from d2_nucleus.config import ConfigError
+
+    cfg = tiny_cfg("configs/demo/mask_rcnn_R_18_FPN_demo.yaml", synthetic_prepared, tmp_path,
+                   "SOLVER.TRAIN_ONLY", "('roi_heads.maskiou',)")  # MASKIOU_ON is off: no such head
+    with pytest.raises(ConfigError, match="SOLVER.TRAIN_ONLY: 'roi_heads.maskiou' names no parameter"):
+        NucleusTrainer(cfg)
+
+
 def test_missing_weights_stop_with_a_clear_message(synthetic_prepared, tmp_path):
     cfg = tiny_cfg("configs/mask_rcnn_R_50_FPN_3x.yaml", synthetic_prepared, tmp_path,
                    "MODEL.WEIGHTS", str(tmp_path / "missing.pkl"))

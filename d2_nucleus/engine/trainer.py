@@ -15,6 +15,7 @@ from ..data.datasets import check_nucleus_datasets
 from ..evaluation import NucleusEvaluator
 from ..modeling import NucleusRCNNWithTTA
 from ..utils.autocast import cpu_autocast
+from .trainable import freeze_all_but
 
 __all__ = ["NucleusTrainer"]
 
@@ -31,6 +32,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     * evaluates with :class:`NucleusEvaluator` (dense COCO AP, the challenge AP50@100, AJI, PQ);
     * keeps ``model_best.pth`` by ``cfg.TEST.BEST_METRIC``;
     * saves and restores the optimizer state on resume (see :mod:`d2_nucleus.compat`);
+    * trains only the parameters ``cfg.SOLVER.TRAIN_ONLY`` names, when it names any;
     * optionally runs each training step (forward, loss and backward) and the evaluation under
       bfloat16 autocast on CPU (``cfg.SOLVER.CPU_BF16``).
     """
@@ -58,6 +60,12 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
             at = next(i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)) + 1
             ret.insert(at, best)
         return ret
+
+    @classmethod
+    def build_model(cls, cfg):
+        model = super().build_model(cfg)
+        freeze_all_but(model, cfg.SOLVER.TRAIN_ONLY)
+        return model
 
     def run_step(self):
         with cpu_autocast(self.cfg):
