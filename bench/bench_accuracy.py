@@ -17,10 +17,19 @@ Test-time variants: one checkpoint evaluated under named sets of config override
 
 Each writes `results.json`, prints a Markdown table (segm AP50@100 = the challenge metric, segm
 AP@[.5:.95] and AP50 with 3,000 detections per image, AJI, PQ, DQ, SQ) and, for the curve, a PNG.
+
+The challenge metric's top 100: which of the detections it counts are false positives, and what
+AP50@100 the same detections would score if every false positive ranked below every true positive
+(the most any rescoring of them can reach), from an evaluation's `coco_instances_results.json`.
+
+    python bench/bench_accuracy.py top --results OUT/inference/nucleus_val/coco_instances_results.json \
+        --data-root PREPARED
 """
 import argparse
+import contextlib
 import datetime
 import glob
+import io
 import json
 import os
 import re
@@ -95,18 +104,45 @@ def plot_curve(points, path, title="CPU recipe learning curve (ResNet-18-FPN GN,
     fig.savefig(path, dpi=100)
 
 
+def top(results_path, data_root, max_dets=100):
+    """The `top` mode: the counted detections' false positives per image, and the AP bounds."""
+    from pycocotools.coco import COCO
+
+    sys.path.insert(0, ROOT)
+    from d2_nucleus.data.layout import annotation_file
+    from d2_nucleus.evaluation.coco_eval import counted_detections
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(annotation_file(data_root, "val"))
+    with open(results_path) as f:
+        r = counted_detections(gt, json.load(f), max_dets)
+    print("| image | nuclei | counted | false positives | their ranks |\n| --- | --- | --- | --- | --- |")
+    for im in r["images"]:
+        ranks = im["false_positive_ranks"]
+        print(f"| {gt.imgs[im['image_id']]['file_name']} | {im['num_gt']} | {im['num_counted']} | {len(ranks)} | "
+              f"{', '.join(map(str, ranks))} |")
+    tp = len(r["counted"]) - len(r["false_positives"])
+    print(f"\n{tp} true positives of {len(r['counted'])} counted, {r['num_gt']} nuclei")
+    print(f"AP50@{max_dets} {100 * r['ap']:.2f}; false positives last {100 * r['ap_false_positives_last']:.2f}; "
+          f"bound for these true positives {100 * r['ap_bound']:.2f}; ceiling (all counted true) "
+          f"{100 * r['ap_ceiling']:.2f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("curve", "variants"))
+    p.add_argument("mode", choices=("curve", "variants", "top"))
     p.add_argument("--config", default=os.path.join(ROOT, "configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml"))
     p.add_argument("--data-root", required=True, help="tools/prepare_data.py output (nucleus_val)")
     p.add_argument("--run-dir", help="curve: the training run's OUTPUT_DIR")
     p.add_argument("--weights", help="variants: the checkpoint")
     p.add_argument("--variant", action="append", default=[], help='variants: "name: KEY VALUE ..."')
+    p.add_argument("--results", help="top: an evaluation's coco_instances_results.json (nucleus_val)")
     p.add_argument("--out", default=None, help="results folder (default: a temporary one)")
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
                    help="config overrides for every evaluation")
     args = p.parse_args()
+    if args.mode == "top":
+        return top(args.results, args.data_root)
     out = args.out or tempfile.mkdtemp(prefix="bench-accuracy-")
     os.makedirs(out, exist_ok=True)
     if args.mode == "curve":

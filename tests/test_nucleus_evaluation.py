@@ -335,3 +335,40 @@ def test_unknown_image_id_and_wrong_size(synthetic):
         with pytest.raises(ValueError, match="image is"):
             ev.process([{"image_id": dicts[0]["image_id"], "height": H + 1, "width": W}],
                        [{"instances": _instances(synthetic[0])}])
+
+
+def test_counted_detections_false_positives_and_ap_bounds():
+    """Hand-computed: 4 nuclei, 3 counted detections of which the top-scoring one is false."""
+    from d2_nucleus.evaluation.coco_eval import counted_detections
+
+    h = w = 64
+    squares = [(2, 2), (2, 30), (30, 2), (30, 30)]
+    anns, rles = [], []
+    for k, (y, x) in enumerate(squares):
+        m = np.zeros((h, w), np.uint8)
+        m[y:y + 20, x:x + 20] = 1
+        rle = _encode(m)
+        rles.append(rle)
+        anns.append({"id": k + 1, "image_id": 7, "category_id": 1, "segmentation": rle, "area": 400.0,
+                     "bbox": [x, y, 20, 20], "iscrowd": 0})
+    gt = COCO()
+    gt.dataset = {"images": [{"id": 7, "height": h, "width": w, "file_name": "a.png"}],
+                  "categories": [{"id": 1, "name": "nucleus"}], "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    off = np.zeros((h, w), np.uint8)
+    off[52:62, 52:62] = 1  # overlaps no nucleus at IoU 0.5
+    results = [
+        {"image_id": 7, "category_id": 1, "segmentation": rles[0], "score": 0.8},
+        {"image_id": 7, "category_id": 1, "segmentation": _encode(off), "score": 0.9},
+        {"image_id": 7, "category_id": 1, "segmentation": rles[1], "score": 0.7},
+        {"image_id": 7, "category_id": 1, "segmentation": rles[2], "score": 0.1},  # not counted (4th)
+    ]
+    r = counted_detections(gt, results, max_dets=3)
+    assert sorted(r["counted"]) == [0, 1, 2] and r["false_positives"] == [1]
+    assert r["images"] == [{"image_id": 7, "num_gt": 4, "num_counted": 3, "false_positive_ranks": [0]}]
+    # recall reaches 2/4: recall points 0..0.5 (51 of 101); precision there at most 2/3 as ranked
+    assert r["ap"] == pytest.approx(51 * (2 / 3) / 101)
+    assert r["ap_false_positives_last"] == pytest.approx(51 / 101)
+    assert r["ap_bound"] == pytest.approx(51 / 101)
+    assert r["ap_ceiling"] == pytest.approx(76 / 101)  # all 3 counted true: recall 0.75
