@@ -20,6 +20,7 @@ from d2_nucleus.data.synthetic_slide import write_synthetic_slide
 from d2_nucleus.slide.cluster import model_loads, read_manifest, segment_slides_on_cluster, start_local_cluster
 
 from tools_cli import load_tool
+from weights import save_untrained_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
@@ -29,14 +30,8 @@ OUTPUT_SUFFIXES = (".geojson", ".parquet", ".csv", ".overview.png")
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from detectron2.modeling import build_model
-
-    import d2_nucleus.modeling  # noqa: F401  (registers NucleusRCNN)
-
     root = tmp_path_factory.mktemp("cluster")
-    torch.manual_seed(0)
-    weights = str(root / "model.pth")
-    torch.save({"model": build_model(get_nucleus_cfg(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"])).state_dict()}, weights)
+    weights = save_untrained_weights(get_nucleus_cfg(DEMO_CONFIG, ["MODEL.DEVICE", "cpu"]), root / "model.pth")
     slides = root / "slides"
     slides.mkdir()
     rng = np.random.default_rng(0)

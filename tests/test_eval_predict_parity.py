@@ -10,16 +10,15 @@ import os
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.modeling import build_model
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data import register_nucleus_datasets
 from d2_nucleus.engine import NucleusPredictor, NucleusTrainer, run_prediction
 from d2_nucleus.engine.inputs import ImageItem
 from d2_nucleus.evaluation import NucleusEvaluator
+from weights import save_untrained_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The demo model (R18-FPN, GroupNorm, 64 channels), random weights, every detection kept.
@@ -59,16 +58,13 @@ def test_eval_and_predict_give_the_same_detections(dataset, synthetic_prepared, 
     cfg = get_nucleus_cfg(CONFIG, OPTS + ["MODEL.META_ARCHITECTURE", arch, "MODEL.WEIGHTS", "",
                                                "DATASETS.TEST", f"('{NAME}',)"],
                           data_root=synthetic_prepared)
-    torch.manual_seed(0)
-    weights = str(tmp_path / "model.pth")
-    torch.save({"model": build_model(cfg).state_dict()}, weights)
-    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.WEIGHTS = save_untrained_weights(cfg, tmp_path / "model.pth")
 
     # --eval-only: the test loader (NucleusDatasetMapper) -> model -> NucleusEvaluator
     model = NucleusTrainer.build_model(cfg)
     from d2_nucleus.compat import NucleusCheckpointer
 
-    NucleusCheckpointer(model).load(weights)
+    NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     evaluator = NucleusEvaluator(NAME, cfg, distributed=False, output_dir=str(tmp_path / "eval"))
     NucleusTrainer.test(cfg, model, [evaluator])
     with open(tmp_path / "eval" / "coco_instances_results.json") as f:

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from weights import save_untrained_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
@@ -98,14 +99,9 @@ def _dead_pid():
 
 def _save_demo_weights(path, *opts):
     """An (untrained) demo model's weights, with config overrides ``opts`` (another architecture)."""
-    from detectron2.modeling import build_model
-
     from d2_nucleus.config import get_nucleus_cfg
 
-    cfg = get_nucleus_cfg(DEMO, ["MODEL.DEVICE", "cpu"] + list(opts))
-    torch.manual_seed(0)
-    torch.save({"model": build_model(cfg).state_dict()}, path)
-    return str(path)
+    return save_untrained_weights(get_nucleus_cfg(DEMO, ["MODEL.DEVICE", "cpu"] + list(opts)), path)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from detectron2.modeling import build_model
 
 from d2_nucleus.compat import WeightsMismatchError
 from d2_nucleus.config import get_inference_cfg, get_nucleus_cfg
@@ -17,6 +16,7 @@ from d2_nucleus.engine.predictor import NucleusPredictor
 from d2_nucleus.modeling import FrozenGroupNorm, calibrate_frozen_group_norms, convert_frozen_group_norms
 
 from tools_cli import load_tool
+from weights import save_untrained_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "Base-Nucleus-RCNN-FPN.yaml")
@@ -104,11 +104,7 @@ def test_frozen_output_does_not_depend_on_the_rest_of_the_input():
 @pytest.fixture(scope="module")
 def gn_weights(tmp_path_factory):
     cfg = get_nucleus_cfg(CONFIG, TINY + ["MODEL.WEIGHTS", ""])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = str(tmp_path_factory.mktemp("weights") / "model_final.pth")
-    torch.save({"model": model.state_dict()}, path)
-    return path
+    return save_untrained_weights(cfg, tmp_path_factory.mktemp("weights") / "model_final.pth")
 
 
 CLI = load_tool("freeze_group_norm")

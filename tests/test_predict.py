@@ -28,6 +28,7 @@ from d2_nucleus.export import (
     write_label_map,
 )
 from d2_nucleus.modeling import NucleusRCNNWithTTA
+from weights import save_untrained_weights
 from d2_nucleus.utils.label_map import rles_to_label_map
 
 from tools_cli import load_tool
@@ -50,11 +51,7 @@ CLI = load_tool("predict")
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     cfg = get_nucleus_cfg(CONFIG, TINY_OPTS + ["MODEL.WEIGHTS", ""])
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    path = str(tmp_path_factory.mktemp("weights") / "model_final.pth")
-    torch.save({"model": model.state_dict()}, path)
-    return path
+    return save_untrained_weights(cfg, tmp_path_factory.mktemp("weights") / "model_final.pth")
 
 
 @pytest.fixture
