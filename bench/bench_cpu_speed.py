@@ -10,10 +10,15 @@ in a fresh process (the malloc settings are process-wide) on the same image and 
 
 Variants:
   before      all speed options off: MODEL.FAST_GROUP_NORM / ROI_FEATURES_ONCE / CPU_TUNE_MALLOC
-              False, MODEL.ROI_ALIGN_THREADS 1 (the config's bf16 / channels-last kept).
+              / NATIVE_ROI_ALIGN / NATIVE_GROUP_NORM False, MODEL.ROI_ALIGN_THREADS /
+              RPN_NMS_THREADS 1 (the config's bf16 / channels-last kept).
   malloc      before + MODEL.CPU_TUNE_MALLOC
   groupnorm   before + MODEL.FAST_GROUP_NORM
   roi         before + MODEL.ROI_FEATURES_ONCE + MODEL.ROI_ALIGN_THREADS 0
+  nonative    all but MODEL.NATIVE_ROI_ALIGN / NATIVE_GROUP_NORM / RPN_NMS_THREADS (the defaults
+              before the C++ kernels and the threaded RPN NMS)
+  nativeroi   nonative + the C++ RoIAlign pooler (MODEL.NATIVE_ROI_ALIGN)
+  native      nativeroi + the C++ GroupNorm + ReLU (MODEL.NATIVE_GROUP_NORM)
   all         the defaults: every option on.
 
 Reported: seconds per image (best of --repeats after one warm-up call), detections, peak RSS
@@ -33,13 +38,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_FEATURES_ONCE", "False",
-       "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1"]
+       "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.NATIVE_ROI_ALIGN", "False",
+       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"]
 VARIANTS = {
     "before": OFF,
     "malloc": OFF + ["MODEL.CPU_TUNE_MALLOC", "True"],
     "groupnorm": OFF + ["MODEL.FAST_GROUP_NORM", "True"],
     "roi": OFF + ["MODEL.ROI_FEATURES_ONCE", "True", "MODEL.ROI_ALIGN_THREADS", "0"],
     "all": [],
+    # every option but the C++ kernels (the defaults before they existed), and but the C++ GroupNorm
+    "nonative": ["MODEL.NATIVE_ROI_ALIGN", "False", "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"],
+    "nativeroi": ["MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"],
+    "native": ["MODEL.RPN_NMS_THREADS", "1"],
 }
 
 

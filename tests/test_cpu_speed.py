@@ -32,7 +32,8 @@ TINY = [
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "40", "TEST.MASK_HEAD_CHUNK_SIZE", "16",
 ]
 OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.ROI_FEATURES_ONCE", "False",
-       "MODEL.CPU_TUNE_MALLOC", "False"]
+       "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.NATIVE_ROI_ALIGN", "False",
+       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"]
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 14, 14), (2, 32, 40, 40), (1, 32, 7, 7)])
@@ -129,6 +130,98 @@ def test_speed_options_keep_checkpoints_and_fp32_outputs():
         torch.testing.assert_close(x.pred_boxes.tensor, y.pred_boxes.tensor, rtol=0, atol=1e-3)
         torch.testing.assert_close(x.scores, y.scores, rtol=0, atol=1e-4)
         torch.testing.assert_close(x.pred_masks, y.pred_masks, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_native_roi_align_same_detections(bf16):
+    """The C++ pooler (MODEL.NATIVE_ROI_ALIGN) changes no output bit, in fp32 and under bf16 autocast."""
+    from d2_nucleus.modeling.poolers import NucleusROIPooler
+
+    gn = ["MODEL.NATIVE_GROUP_NORM", "False"]  # (its values differ in the last bits: test below)
+    off, on = _model(gn + ["MODEL.NATIVE_ROI_ALIGN", "False"]), _model(gn)
+    assert isinstance(on.roi_heads.box_pooler, NucleusROIPooler) and isinstance(on.roi_heads.mask_pooler, NucleusROIPooler)
+    assert list(off.state_dict()) == list(on.state_dict())
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(0, 255, (3, 96, 128), dtype=np.uint8))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        a = off.inference([{"image": image}], do_postprocess=False)[0]
+        b = on.inference([{"image": image}], do_postprocess=False)[0]
+    assert len(a) == len(b) > 16
+    assert torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor) and torch.equal(a.scores, b.scores)
+    assert torch.equal(a.pred_masks, b.pred_masks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(64, 32, 14, 14), (300, 32, 7, 7)])
+def test_native_group_norm_relu(shape, dtype):
+    """The C++ GroupNorm + ReLU of RoI batches: float32 GroupNorm's values; training keeps PyTorch's path."""
+    from d2_nucleus.modeling.native import native_ops
+
+    assert native_ops() is not None
+    torch.manual_seed(0)
+    ours = NucleusGroupNorm(8, 32)
+    ours.native, ours.relu = True, True
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    x = (torch.randn(shape) * 3 + 1).to(dtype).contiguous(memory_format=torch.channels_last)
+    ref = torch.relu(nn.functional.group_norm(x.float(), 8, ours.weight, ours.bias, ours.eps))
+    with torch.no_grad():
+        y = ours(x)
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    if dtype == torch.float32:
+        torch.testing.assert_close(y, ref, rtol=0, atol=1e-5)
+    else:  # bf16 output: rounding of the result only (|y| <= ~8 here: 1/32 a step at most)
+        torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.07)
+        assert (y.float() - ref).abs().max() <= (nn.functional.group_norm(x, 8, ours.weight, ours.bias).relu().float() - ref).abs().max() + 1e-6
+    y = ours(x.float().requires_grad_())  # gradients on: PyTorch's kernels, with a backward
+    assert y.grad_fn is not None
+    torch.testing.assert_close(y, torch.relu(nn.functional.group_norm(x.float(), 8, ours.weight, ours.bias, ours.eps)))
+
+
+def test_native_group_norm_model_outputs():
+    """MODEL.NATIVE_GROUP_NORM: the RoI heads' ReLUs move into their GroupNorms; same detections up to rounding."""
+    from detectron2.layers import Conv2d
+
+    off, on = _model(["MODEL.NATIVE_GROUP_NORM", "False"]), _model([])
+    assert list(off.state_dict()) == list(on.state_dict())
+    convs = [m for m in on.roi_heads.modules() if isinstance(m, Conv2d) and isinstance(m.norm, NucleusGroupNorm)]
+    assert convs and all(m.activation is None and m.norm.relu for m in convs)
+    rng = np.random.default_rng(2)
+    image = torch.from_numpy(rng.integers(0, 255, (3, 96, 128), dtype=np.uint8))
+    with torch.no_grad():
+        a = off.inference([{"image": image}], do_postprocess=False)[0]
+        b = on.inference([{"image": image}], do_postprocess=False)[0]
+    assert len(a) == len(b) > 16
+    torch.testing.assert_close(a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=0, atol=1e-3)
+    torch.testing.assert_close(a.scores, b.scores, rtol=0, atol=1e-4)
+    torch.testing.assert_close(a.pred_masks, b.pred_masks, rtol=0, atol=1e-4)
+
+
+def test_threaded_rpn_nms_same_proposals():
+    """MODEL.RPN_NMS_THREADS: one level a thread, the same proposals (Detectron2's per level), best first."""
+    from d2_nucleus.modeling.rpn import NucleusRPN
+
+    one, threaded = _model(["MODEL.RPN_NMS_THREADS", "1"]), _model(["MODEL.RPN_NMS_THREADS", "2"])
+    assert type(threaded.proposal_generator) is NucleusRPN and type(one.proposal_generator) is not NucleusRPN
+    threaded.load_state_dict(one.state_dict())
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.integers(0, 255, (3, 160, 192), dtype=np.uint8))
+    inputs = [{"image": image}, {"image": image.flip(-1)}]
+    # under bf16 autocast too: its state is thread-local, the threads must run under the caller's
+    for bf16 in (False, True):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            images = one.preprocess_image(inputs)
+            features = one.backbone(images.tensor)
+            a, _ = one.proposal_generator(images, features)
+            b, _ = threaded.proposal_generator(images, features)
+        for x, y in zip(a, b):
+            assert len(x) == len(y) == 100  # POST_NMS_TOPK_TEST of TINY, cut across levels
+            if bf16:  # bf16 objectness: equal scores, whose order may differ; the same set of scores
+                assert torch.equal(x.objectness_logits, y.objectness_logits)  # both sorted, best first
+            else:
+                assert torch.equal(x.objectness_logits, y.objectness_logits)
+                assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)  # no equal scores here
 
 
 def test_speed_options_train_step():

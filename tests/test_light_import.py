@@ -57,6 +57,7 @@ def test_lazy_names_still_resolve():
     ("predict.py", ["--help"]),
     ("make_synthetic.py", ["--help"]),
     ("install_detectron2.py", ["--help"]),
+    ("build_native.py", ["--help"]),
     ("segment_slides.py", ["--help"]),
     ("segment_cluster.py", ["--help"]),
 ])

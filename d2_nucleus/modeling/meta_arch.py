@@ -12,10 +12,12 @@ from detectron2.structures import Instances
 from ..utils.malloc import tune_malloc as tune_malloc_thresholds
 from .float32_heads import convert_box_predictors
 from .frozen_group_norm import convert_frozen_group_norms
-from .group_norm import convert_group_norms
+from .group_norm import convert_group_norms, fuse_group_norm_relus
 from .maskness import maskness_rescore
+from .poolers import convert_poolers, native_pooling
 from .postprocessing import nucleus_postprocess
 from .roi_align import convert_roi_aligns, roi_features
+from .rpn import convert_rpn
 
 __all__ = ["NucleusRCNN"]
 
@@ -47,10 +49,15 @@ def _roi_in_features(roi_heads):
 
 
 def _roi_heads_features_hook(roi_heads, args):
-    """Forward pre-hook: ``roi_heads(images, features, ...)`` gets :func:`roi_features` of its features."""
-    if len(args) < 2 or not isinstance(args[1], dict):
+    """
+    Forward pre-hook: ``roi_heads(images, features, ...)`` gets :func:`roi_features` of its
+    features, unless its poolers read them as they are (:class:`NucleusROIPooler` at inference).
+    """
+    if len(args) < 2 or not isinstance(args[1], dict) or not args[1]:
         return None
     features = args[1]
+    if getattr(roi_heads, "native_roi_align", False) and native_pooling(next(iter(features.values())).device):
+        return None
     wanted = [f for f in _roi_in_features(roi_heads) if f in features] or list(features)
     return (args[0], roi_features({f: features[f] for f in wanted})) + tuple(args[2:])
 
@@ -74,7 +81,9 @@ class NucleusRCNN(GeneralizedRCNN):
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
                  fast_group_norm: bool = True, roi_align_threads: int = 1, roi_features_once: bool = True,
                  tune_malloc: bool = False, maskness_power: float = 0.0,
-                 float32_box_predictor: bool = True, frozen_group_norm: bool = False, **kwargs):
+                 float32_box_predictor: bool = True, frozen_group_norm: bool = False,
+                 native_roi_align: bool = False, native_group_norm: bool = False, rpn_nms_threads: int = 1,
+                 **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -97,6 +106,14 @@ class NucleusRCNN(GeneralizedRCNN):
             frozen_group_norm: the backbone's GroupNorms normalise with fixed statistics
                 (:class:`FrozenGroupNorm`; the weights must come from tools/freeze_group_norm.py),
                 so a nucleus's features do not depend on the rest of the input (whole-slide tiles).
+            native_roi_align: at inference on CPU the RoI heads' poolers run all pyramid levels
+                in one call of d2_nucleus's channels-last C++ RoIAlign (:class:`NucleusROIPooler`;
+                same values as torchvision's), reading the feature maps as they are.
+            native_group_norm: with ``channels_last`` and ``fast_group_norm``, at inference on
+                CPU the RoI heads' GroupNorm + ReLU run as one channels-last C++ kernel
+                (:func:`fuse_group_norm_relus`).
+            rpn_nms_threads: CPU threads the RPN's per-level NMS runs on at inference (0: all of
+                torch's; 1: Detectron2's :class:`RPN` as it is; :class:`NucleusRPN`).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of the speed options changes a parameter or a state-dict key: checkpoints load
@@ -114,11 +131,19 @@ class NucleusRCNN(GeneralizedRCNN):
         if channels_last:
             self.to(memory_format=torch.channels_last)
             if fast_group_norm:
-                convert_group_norms(self)
+                convert_group_norms(self, native=native_group_norm)
+                if native_group_norm:
+                    fuse_group_norm_relus(self.roi_heads)
         if roi_align_threads != 1:
             convert_roi_aligns(self.roi_heads, roi_align_threads)
         if float32_box_predictor:
             convert_box_predictors(self.roi_heads)
+        if native_roi_align:
+            convert_poolers(self.roi_heads)
+        if rpn_nms_threads != 1 and self.proposal_generator is not None:
+            convert_rpn(self.proposal_generator, rpn_nms_threads)
+        # read by _roi_heads_features_hook and inference(): NucleusROIPooler needs no conversion
+        self.roi_heads.native_roi_align = native_roi_align
         self.roi_features_once = roi_features_once
         if roi_features_once:
             self.roi_heads.register_forward_pre_hook(_roi_heads_features_hook)
@@ -136,6 +161,9 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["maskness_power"] = cfg.TEST.MASKNESS_POWER
         ret["float32_box_predictor"] = cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR
         ret["frozen_group_norm"] = cfg.MODEL.FROZEN_GROUP_NORM
+        ret["native_roi_align"] = cfg.MODEL.NATIVE_ROI_ALIGN
+        ret["native_group_norm"] = cfg.MODEL.NATIVE_GROUP_NORM
+        ret["rpn_nms_threads"] = cfg.MODEL.RPN_NMS_THREADS
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -165,7 +193,9 @@ class NucleusRCNN(GeneralizedRCNN):
                     proposals, _ = self.proposal_generator(images, features, None)
                 else:
                     proposals = [x["proposals"].to(self.device) for x in batched_inputs]
-            if self.roi_features_once:
+            if self.roi_features_once and not (
+                self.roi_heads.native_roi_align and native_pooling(images.tensor.device)
+            ):
                 features = roi_features({f: features[f] for f in _roi_in_features(self.roi_heads)})
             if detected_instances is None:
                 with _heads_off(self.roi_heads):  # boxes only

@@ -15,27 +15,16 @@ copied its whole stride-4 feature map at each of the mask head's chunks (14 copi
 [1, 128, 256, 256] a 1000 x 1000 image, 0.29 s). :func:`roi_features` makes that copy once, before
 the RoI heads.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, Tuple
+from typing import Dict
 
 import torch
 from torch import nn
 
 from detectron2.layers import ROIAlign
 
+from ..utils.threads import thread_pool as _pool
+
 __all__ = ["ThreadedROIAlign", "convert_roi_aligns", "roi_features"]
-
-_pools: Dict[Tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def _pool(n: int) -> ThreadPoolExecutor:
-    # keyed by process id too: a forked child (data-loader or cluster worker) has the parent's
-    # executor object but none of its threads
-    key = (os.getpid(), n)
-    if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(n, thread_name_prefix="roi_align")
-    return _pools[key]
 
 
 def _chunks(rois: torch.Tensor, n: int):

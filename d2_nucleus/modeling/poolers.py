@@ -1,0 +1,79 @@
+# -*- coding: utf-8 -*-
+"""
+The RoI heads' pooler on CPU at inference: every level in one call of a channels-last C++ RoIAlign.
+
+Detectron2's :class:`ROIPooler` runs torchvision's RoIAlign once a pyramid level; on CPU that
+kernel reads float32 NCHW maps (so a bfloat16 channels-last model's maps are copied for it:
+``roi_align.roi_features``) and computes one channel at a time with scalar code. The RoI heads'
+two poolers were a quarter of the CPU inference time (2-core machine, one dense 1000 x 1000 image:
+box pooler 0.12 s for 3,000 proposals, mask pooler 0.13 s for ~1,000 detections).
+:class:`NucleusROIPooler` instead calls ``torch.ops.d2_nucleus.roi_align_nhwc``
+(``csrc/roi_align_nhwc.cpp``, built by :mod:`.native`), which reads the channels-last maps as they
+are, float32 or bfloat16, applies each sample's bilinear weights to all channels at once and writes
+channels-last output for the heads' convolutions: 82 -> 7 ms on 3,000 7 x 7 RoIs of a bf16
+[1, 128, 250, 250] map against torchvision's kernel on 2 threads (BENCHMARKS.md, "CPU speed options"). Its float32 values equal torchvision's bit for bit
+(``tests/test_native_roi_align.py``); under bfloat16 autocast it writes bfloat16, the values the
+heads' first layer casts torchvision's float32 output to.
+
+It is used where it gives the same outputs and has no backward: CPU, gradients off (inference), an
+``ROIAlign`` pooler (``ROIAlignV2`` or ``ROIAlign``), and the kernels built. Everything else
+(training, CUDA, other pooler types, no compiler) runs Detectron2's :class:`ROIPooler` as is.
+Same parameters (it has none) and state-dict keys.
+"""
+from typing import List
+
+import torch
+from torch import nn
+
+from detectron2.layers import ROIAlign
+from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels, convert_boxes_to_pooler_format
+from detectron2.structures import Boxes
+
+from .native import native_ops
+
+__all__ = ["NucleusROIPooler", "convert_poolers", "native_pooling"]
+
+
+def native_pooling(features_device: torch.device) -> bool:
+    """Whether a :class:`NucleusROIPooler` takes the C++ kernel now (gradients off, CPU, kernels built)."""
+    return features_device.type == "cpu" and not torch.is_grad_enabled() and native_ops() is not None
+
+
+class NucleusROIPooler(ROIPooler):
+    def forward(self, x: List[torch.Tensor], box_lists: List[Boxes]):
+        if (
+            not x
+            or not box_lists
+            or not all(isinstance(p, ROIAlign) for p in self.level_poolers)
+            or x[0].dtype not in (torch.float32, torch.bfloat16)
+            or any(f.requires_grad for f in x)
+            or not native_pooling(x[0].device)
+        ):
+            return super().forward(x, box_lists)
+        assert len(x) == len(self.level_poolers) and len(box_lists) == x[0].size(0)
+        first = self.level_poolers[0]
+        rois = convert_boxes_to_pooler_format(box_lists).float()
+        if len(self.level_poolers) == 1:
+            levels = torch.zeros(len(rois), dtype=torch.long)
+        else:
+            levels = assign_boxes_to_levels(
+                box_lists, self.min_level, self.max_level, self.canonical_box_size, self.canonical_level
+            )
+        maps = [f.contiguous(memory_format=torch.channels_last) for f in x]
+        maps = [m if m.dtype == maps[0].dtype else m.to(maps[0].dtype) for m in maps]
+        bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        return torch.ops.d2_nucleus.roi_align_nhwc(
+            maps, rois, levels, [float(p.spatial_scale) for p in self.level_poolers],
+            int(first.output_size[0]), int(first.sampling_ratio), bool(first.aligned),
+            torch.bfloat16 if bf16_autocast else torch.float32,
+        )
+
+
+def convert_poolers(module: nn.Module) -> int:
+    """Make every :class:`ROIPooler` in ``module`` a :class:`NucleusROIPooler` (same submodules). Returns how many."""
+    n = 0
+    for m in module.modules():
+        if type(m) is ROIPooler:
+            m.__class__ = NucleusROIPooler
+            n += 1
+    return n
