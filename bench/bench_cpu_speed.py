@@ -39,7 +39,8 @@ sys.path.insert(0, ROOT)
 
 OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_FEATURES_ONCE", "False",
        "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.NATIVE_ROI_ALIGN", "False",
-       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"]
+       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1",
+       "MODEL.NATIVE_ANCHOR_IOU", "False"]
 VARIANTS = {
     "before": OFF,
     "malloc": OFF + ["MODEL.CPU_TUNE_MALLOC", "True"],

@@ -33,7 +33,8 @@ TINY = [
 ]
 OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.ROI_FEATURES_ONCE", "False",
        "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.NATIVE_ROI_ALIGN", "False",
-       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"]
+       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1",
+       "MODEL.NATIVE_ANCHOR_IOU", "False"]
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 14, 14), (2, 32, 40, 40), (1, 32, 7, 7)])
@@ -202,7 +203,8 @@ def test_threaded_rpn_nms_same_proposals():
     """MODEL.RPN_NMS_THREADS: one level a thread, the same proposals (Detectron2's per level), best first."""
     from d2_nucleus.modeling.rpn import NucleusRPN
 
-    one, threaded = _model(["MODEL.RPN_NMS_THREADS", "1"]), _model(["MODEL.RPN_NMS_THREADS", "2"])
+    one = _model(["MODEL.RPN_NMS_THREADS", "1", "MODEL.NATIVE_ANCHOR_IOU", "False"])
+    threaded = _model(["MODEL.RPN_NMS_THREADS", "2"])
     assert type(threaded.proposal_generator) is NucleusRPN and type(one.proposal_generator) is not NucleusRPN
     threaded.load_state_dict(one.state_dict())
     rng = np.random.default_rng(3)

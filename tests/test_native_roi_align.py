@@ -96,17 +96,54 @@ def test_pooler_equals_detectron2s_at_inference(ops):
         assert pooler(maps, [Boxes(torch.zeros(0, 4)), Boxes(torch.zeros(0, 4))]).shape == (0, 24, 14, 14)
 
 
-def test_pooler_falls_back_with_gradients_or_without_kernels(ops, monkeypatch):
+@pytest.mark.parametrize("aligned", [True, False])
+def test_pooler_gradients_equal_torchvisions(ops, aligned):
+    """Training: the C++ backward gives torchvision's (single-threaded) gradients bit for bit."""
+    kw = dict(output_size=7, scales=(1 / 4, 1 / 8, 1 / 16), sampling_ratio=0,
+              pooler_type="ROIAlignV2" if aligned else "ROIAlign")
+    ref_pooler, pooler = ROIPooler(**kw), ROIPooler(**kw)
+    convert_poolers(pooler)
+    boxes = [_boxes(150, seed=4), _boxes(90, seed=5)]
+    maps = _pyramid(torch.float32)
+    ours = [m.clone().requires_grad_() for m in maps]
+    ref = [m.contiguous().requires_grad_() for m in maps]
+    out, expected = pooler(ours, boxes), ref_pooler(ref, boxes)
+    assert out.grad_fn is not None and torch.equal(out, expected)
+    g = torch.randn(expected.shape, generator=torch.Generator().manual_seed(6))
+    out.backward(g)
+    expected.backward(g)
+    for a, b in zip(ours, ref):
+        assert a.grad.dtype == torch.float32 and torch.equal(a.grad, b.grad)
+    assert all(b.grad.abs().sum() > 0 for b in ref[:2])  # the boxes reach two levels
+
+
+def test_pooler_bf16_training_step(ops):
+    """bf16 maps under autocast (the recipe): bf16 features, bf16 gradients of torchvision's values."""
+    _, pooler = _poolers(7)
+    ref_pooler = ROIPooler(output_size=7, scales=(1 / 4, 1 / 8, 1 / 16), sampling_ratio=0, pooler_type="ROIAlignV2")
+    boxes = [_boxes(60, seed=11), _boxes(50, seed=12)]
+    maps = [m.requires_grad_() for m in _pyramid(torch.bfloat16)]
+    ref_maps = [m.detach().float().contiguous().requires_grad_() for m in maps]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pooler(maps, boxes)
+    assert out.dtype == torch.bfloat16
+    expected = ref_pooler(ref_maps, boxes)
+    assert torch.equal(out, expected.to(torch.bfloat16))
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(13))
+    out.backward(g.to(torch.bfloat16))
+    expected.backward(g.to(torch.bfloat16).float())
+    for a, b in zip(maps, ref_maps):
+        assert a.grad.dtype == torch.bfloat16 and torch.equal(a.grad, b.grad.to(torch.bfloat16))
+
+
+def test_pooler_falls_back_without_kernels(ops, monkeypatch):
     ref_pooler, pooler = _poolers(7)
-    maps = [m.requires_grad_() for m in _pyramid(torch.float32)]
+    maps = _pyramid(torch.float32)
     boxes = [_boxes(40, seed=4), _boxes(30, seed=5)]
-    out = pooler(maps, boxes)  # training: Detectron2's path, with a backward
-    assert out.grad_fn is not None and torch.equal(out, ref_pooler(maps, boxes))
-    out.sum().backward()
-    assert all(m.grad is not None for m in maps)
     monkeypatch.setattr(poolers_module, "native_ops", lambda: None)  # no compiler
     with torch.no_grad():
-        assert torch.equal(pooler([m.detach() for m in maps], boxes), ref_pooler([m.detach() for m in maps], boxes))
+        out = pooler(maps, boxes)
+    assert out.is_contiguous() and torch.equal(out, ref_pooler([m.contiguous() for m in maps], boxes))
 
 
 def test_native_ops_fall_back_with_one_warning(monkeypatch, caplog):
@@ -121,3 +158,53 @@ def test_native_ops_fall_back_with_one_warning(monkeypatch, caplog):
         assert native.native_ops() is None and native.native_ops() is None
     warned = [r for r in caplog.records if "could not be built" in r.getMessage()]
     assert len(warned) == 1 and "g++: command not found" in warned[0].getMessage()
+
+
+def test_pairwise_iou_equals_detectron2s(ops):
+    from detectron2.structures import pairwise_iou
+
+    g = torch.Generator().manual_seed(7)
+    gt = _boxes(60, seed=8).tensor
+    gt[:3, 2:] = gt[:3, :2]  # empty boxes
+    xy = torch.rand(5000, 2, generator=g) * 260 - 30
+    anchors = torch.cat([xy, xy + 2 + torch.rand(5000, 2, generator=g) * 50], 1)
+    ref = pairwise_iou(Boxes(gt), Boxes(anchors))
+    assert torch.equal(ops.pairwise_iou(gt, anchors), ref) and (ref > 0).sum() > 1000
+    assert ops.pairwise_iou(gt[:0], anchors).shape == (0, 5000)
+
+
+def test_rpn_anchor_matching_same_labels(ops):
+    """NucleusRPN.native_iou: Detectron2's anchor labels and matched boxes, and its pairwise_iou restored after."""
+    from detectron2.config import get_cfg
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.proposal_generator import rpn as d2_rpn
+    from detectron2.modeling.proposal_generator.rpn import RPN
+    from detectron2.structures import Instances
+
+    from d2_nucleus.modeling.rpn import NucleusRPN, convert_rpn
+
+    cfg = get_cfg()
+    cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3"]
+    cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32]]
+    shapes = {"p2": ShapeSpec(channels=8, stride=4), "p3": ShapeSpec(channels=8, stride=8)}
+    ref, ours = RPN(cfg, shapes), RPN(cfg, shapes)
+    assert convert_rpn(ours, threads=1, native_iou=True) == 1 and type(ours) is NucleusRPN
+    feats = [torch.zeros(2, 8, 48, 52), torch.zeros(2, 8, 24, 26)]
+    anchors = ref.anchor_generator(feats)
+    gts = []
+    for seed in (9, 10):
+        inst = Instances((192, 208))
+        inst.gt_boxes = _boxes(40, seed)
+        inst.gt_boxes.clip((192, 208))
+        gts.append(inst)
+    torch.manual_seed(0)
+    labels_a, boxes_a = ref.label_and_sample_anchors(anchors, gts)
+    torch.manual_seed(0)
+    labels_b, boxes_b = ours.label_and_sample_anchors(anchors, gts)
+    for a, b in zip(labels_a, labels_b):
+        assert torch.equal(a, b) and (a == 1).sum() > 10
+    for a, b in zip(boxes_a, boxes_b):
+        assert torch.equal(a, b)
+    from detectron2.structures import pairwise_iou
+
+    assert d2_rpn.pairwise_iou is pairwise_iou

@@ -83,7 +83,7 @@ class NucleusRCNN(GeneralizedRCNN):
                  tune_malloc: bool = False, maskness_power: float = 0.0,
                  float32_box_predictor: bool = True, frozen_group_norm: bool = False,
                  native_roi_align: bool = False, native_group_norm: bool = False, rpn_nms_threads: int = 1,
-                 **kwargs):
+                 native_anchor_iou: bool = False, **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -114,6 +114,8 @@ class NucleusRCNN(GeneralizedRCNN):
                 (:func:`fuse_group_norm_relus`).
             rpn_nms_threads: CPU threads the RPN's per-level NMS runs on at inference (0: all of
                 torch's; 1: Detectron2's :class:`RPN` as it is; :class:`NucleusRPN`).
+            native_anchor_iou: in training on CPU the RPN's anchor matching takes its IoU matrix
+                from a C++ kernel (:class:`NucleusRPN`; the same values).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of the speed options changes a parameter or a state-dict key: checkpoints load
@@ -140,8 +142,8 @@ class NucleusRCNN(GeneralizedRCNN):
             convert_box_predictors(self.roi_heads)
         if native_roi_align:
             convert_poolers(self.roi_heads)
-        if rpn_nms_threads != 1 and self.proposal_generator is not None:
-            convert_rpn(self.proposal_generator, rpn_nms_threads)
+        if (rpn_nms_threads != 1 or native_anchor_iou) and self.proposal_generator is not None:
+            convert_rpn(self.proposal_generator, rpn_nms_threads, native_anchor_iou)
         # read by _roi_heads_features_hook and inference(): NucleusROIPooler needs no conversion
         self.roi_heads.native_roi_align = native_roi_align
         self.roi_features_once = roi_features_once
@@ -164,6 +166,7 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["native_roi_align"] = cfg.MODEL.NATIVE_ROI_ALIGN
         ret["native_group_norm"] = cfg.MODEL.NATIVE_GROUP_NORM
         ret["rpn_nms_threads"] = cfg.MODEL.RPN_NMS_THREADS
+        ret["native_anchor_iou"] = cfg.MODEL.NATIVE_ANCHOR_IOU
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):

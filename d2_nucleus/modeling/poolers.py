@@ -15,9 +15,12 @@ channels-last output for the heads' convolutions: 82 -> 7 ms on 3,000 7 x 7 RoIs
 (``tests/test_native_roi_align.py``); under bfloat16 autocast it writes bfloat16, the values the
 heads' first layer casts torchvision's float32 output to.
 
-It is used where it gives the same outputs and has no backward: CPU, gradients off (inference), an
-``ROIAlign`` pooler (``ROIAlignV2`` or ``ROIAlign``), and the kernels built. Everything else
-(training, CUDA, other pooler types, no compiler) runs Detectron2's :class:`ROIPooler` as is.
+In training its backward, ``roi_align_nhwc_backward``, adds each RoI's gradient to the
+channels-last maps with threads taking blocks of channels, in torchvision's order: the same
+gradients as torchvision's single-threaded backward, bit for bit, ~Nx faster than it on 2 threads.
+
+It is used on CPU with an ``ROIAlign`` pooler (``ROIAlignV2`` or ``ROIAlign``) and the kernels
+built; CUDA, other pooler types and no compiler run Detectron2's :class:`ROIPooler` as it is.
 Same parameters (it has none) and state-dict keys.
 """
 from typing import List
@@ -35,8 +38,30 @@ __all__ = ["NucleusROIPooler", "convert_poolers", "native_pooling"]
 
 
 def native_pooling(features_device: torch.device) -> bool:
-    """Whether a :class:`NucleusROIPooler` takes the C++ kernel now (gradients off, CPU, kernels built)."""
-    return features_device.type == "cpu" and not torch.is_grad_enabled() and native_ops() is not None
+    """Whether a :class:`NucleusROIPooler` takes the C++ kernel (CPU, kernels built)."""
+    return features_device.type == "cpu" and native_ops() is not None
+
+
+class _NativeROIAlign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rois, levels, scales, pooled, sampling_ratio, aligned, out_dtype, *maps):
+        ctx.save_for_backward(rois, levels)
+        ctx.args = (scales, pooled, sampling_ratio, aligned)
+        ctx.shapes = [(m.shape, m.dtype) for m in maps]
+        return torch.ops.d2_nucleus.roi_align_nhwc(
+            list(maps), rois, levels, scales, pooled, sampling_ratio, aligned, out_dtype
+        )
+
+    @staticmethod
+    def backward(ctx, grad):
+        rois, levels = ctx.saved_tensors
+        scales, pooled, sampling_ratio, aligned = ctx.args
+        shape0 = ctx.shapes[0][0]
+        grads = torch.ops.d2_nucleus.roi_align_nhwc_backward(
+            grad, rois, levels, [shape0[0], shape0[1]], [s[2] for s, _ in ctx.shapes],
+            [s[3] for s, _ in ctx.shapes], scales, pooled, sampling_ratio, aligned,
+        )
+        return (None,) * 7 + tuple(g.to(dtype) for g, (_, dtype) in zip(grads, ctx.shapes))
 
 
 class NucleusROIPooler(ROIPooler):
@@ -46,7 +71,6 @@ class NucleusROIPooler(ROIPooler):
             or not box_lists
             or not all(isinstance(p, ROIAlign) for p in self.level_poolers)
             or x[0].dtype not in (torch.float32, torch.bfloat16)
-            or any(f.requires_grad for f in x)
             or not native_pooling(x[0].device)
         ):
             return super().forward(x, box_lists)
@@ -62,11 +86,11 @@ class NucleusROIPooler(ROIPooler):
         maps = [f.contiguous(memory_format=torch.channels_last) for f in x]
         maps = [m if m.dtype == maps[0].dtype else m.to(maps[0].dtype) for m in maps]
         bf16_autocast = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        return torch.ops.d2_nucleus.roi_align_nhwc(
-            maps, rois, levels, [float(p.spatial_scale) for p in self.level_poolers],
-            int(first.output_size[0]), int(first.sampling_ratio), bool(first.aligned),
-            torch.bfloat16 if bf16_autocast else torch.float32,
-        )
+        args = (rois, levels, [float(p.spatial_scale) for p in self.level_poolers], int(first.output_size[0]),
+                int(first.sampling_ratio), bool(first.aligned), torch.bfloat16 if bf16_autocast else torch.float32)
+        if torch.is_grad_enabled() and any(m.requires_grad for m in maps):
+            return _NativeROIAlign.apply(*args, *maps)
+        return torch.ops.d2_nucleus.roi_align_nhwc(list(maps), *args)
 
 
 def convert_poolers(module: nn.Module) -> int:

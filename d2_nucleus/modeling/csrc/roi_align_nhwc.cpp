@@ -1,5 +1,6 @@
-// RoIAlign over the levels of a feature pyramid for channels-last (NHWC) CPU feature maps,
-// inference only: d2_nucleus::roi_align_nhwc. Built by d2_nucleus/modeling/native.py.
+// RoIAlign over the levels of a feature pyramid for channels-last (NHWC) CPU feature maps, and its
+// gradient: d2_nucleus::roi_align_nhwc, d2_nucleus::roi_align_nhwc_backward. Built by
+// d2_nucleus/modeling/native.py.
 //
 // torchvision's CPU RoIAlign reads NCHW float32 input and computes one channel at a time with
 // scalar code; this kernel computes the bilinear weights of a sample once and applies them to
@@ -69,6 +70,41 @@ inline Tap make_tap(int64_t height, int64_t width, float y, float x) {
   return t;
 }
 
+// torchvision's per-RoI quantities (roi_align_kernel.cpp), forward and backward
+struct Geometry {
+  float start_h, start_w, bin_h, bin_w;
+  int64_t grid_h, grid_w;
+  float sample_y(int64_t ph, int64_t iy) const {
+    return start_h + ph * bin_h + static_cast<float>(iy + .5f) * bin_h / static_cast<float>(grid_h);
+  }
+  float sample_x(int64_t pw, int64_t ix) const {
+    return start_w + pw * bin_w + static_cast<float>(ix + .5f) * bin_w / static_cast<float>(grid_w);
+  }
+};
+
+inline Geometry roi_geometry(const float* r, float spatial_scale, int64_t pooled, int64_t sampling_ratio,
+                             bool aligned) {
+  float offset = aligned ? (float)0.5 : (float)0.0;
+  float roi_start_w = r[1] * spatial_scale - offset;
+  float roi_start_h = r[2] * spatial_scale - offset;
+  float roi_end_w = r[3] * spatial_scale - offset;
+  float roi_end_h = r[4] * spatial_scale - offset;
+  float roi_width = roi_end_w - roi_start_w;
+  float roi_height = roi_end_h - roi_start_h;
+  if (!aligned) {
+    roi_width = std::max(roi_width, (float)1.);
+    roi_height = std::max(roi_height, (float)1.);
+  }
+  Geometry g;
+  g.start_h = roi_start_h;
+  g.start_w = roi_start_w;
+  g.bin_h = static_cast<float>(roi_height) / static_cast<float>(pooled);
+  g.bin_w = static_cast<float>(roi_width) / static_cast<float>(pooled);
+  g.grid_h = (sampling_ratio > 0) ? sampling_ratio : (int64_t)std::ceil(roi_height / pooled);
+  g.grid_w = (sampling_ratio > 0) ? sampling_ratio : (int64_t)std::ceil(roi_width / pooled);
+  return g;
+}
+
 template <typename in_t, typename out_t>
 void roi_align_nhwc_impl(const std::vector<at::Tensor>& features, const at::Tensor& rois,
                          const at::Tensor& levels, const std::vector<double>& scales,
@@ -89,36 +125,17 @@ void roi_align_nhwc_impl(const std::vector<at::Tensor>& features, const at::Tens
       const int64_t batch = (int64_t)r[0];
       const int64_t height = f.size(2), width = f.size(3);
       const in_t* image = f.data_ptr<in_t>() + batch * height * width * channels;
-      const float spatial_scale = (float)scales[level];
-
-      float offset = aligned ? (float)0.5 : (float)0.0;
-      float roi_start_w = r[1] * spatial_scale - offset;
-      float roi_start_h = r[2] * spatial_scale - offset;
-      float roi_end_w = r[3] * spatial_scale - offset;
-      float roi_end_h = r[4] * spatial_scale - offset;
-      float roi_width = roi_end_w - roi_start_w;
-      float roi_height = roi_end_h - roi_start_h;
-      if (!aligned) {
-        roi_width = std::max(roi_width, (float)1.);
-        roi_height = std::max(roi_height, (float)1.);
-      }
-      float bin_size_h = static_cast<float>(roi_height) / static_cast<float>(pooled);
-      float bin_size_w = static_cast<float>(roi_width) / static_cast<float>(pooled);
-      int64_t grid_h = (sampling_ratio > 0) ? sampling_ratio : (int64_t)std::ceil(roi_height / pooled);
-      int64_t grid_w = (sampling_ratio > 0) ? sampling_ratio : (int64_t)std::ceil(roi_width / pooled);
-      const float count = std::max(grid_h * grid_w, (int64_t)1);
+      const Geometry geo = roi_geometry(r, (float)scales[level], pooled, sampling_ratio, aligned);
+      const float count = std::max(geo.grid_h * geo.grid_w, (int64_t)1);
 
       out_t* out_roi = out_data + n * pooled * pooled * channels;
       for (int64_t ph = 0; ph < pooled; ph++) {
         for (int64_t pw = 0; pw < pooled; pw++) {
           std::fill(acc.begin(), acc.end(), 0.f);
-          for (int64_t iy = 0; iy < grid_h; iy++) {
-            const float yy = roi_start_h + ph * bin_size_h +
-                             static_cast<float>(iy + .5f) * bin_size_h / static_cast<float>(grid_h);
-            for (int64_t ix = 0; ix < grid_w; ix++) {
-              const float xx = roi_start_w + pw * bin_size_w +
-                               static_cast<float>(ix + .5f) * bin_size_w / static_cast<float>(grid_w);
-              const Tap t = make_tap(height, width, yy, xx);
+          for (int64_t iy = 0; iy < geo.grid_h; iy++) {
+            const float yy = geo.sample_y(ph, iy);
+            for (int64_t ix = 0; ix < geo.grid_w; ix++) {
+              const Tap t = make_tap(height, width, yy, geo.sample_x(pw, ix));
               // torchvision adds 0 * input[0] for a sample outside the map: the same sum
               if (!t.valid) continue;
               const in_t* p1 = image + t.pos1 * channels;
@@ -181,13 +198,98 @@ at::Tensor roi_align_nhwc(at::TensorList features, const at::Tensor& rois, const
   return out;
 }
 
+// The gradient of roi_align_nhwc for float32 channels-last maps. Threads take blocks of channels
+// (no two write the same value); within a block the contributions to each value are added in
+// torchvision's order (RoI, bin row, bin column, sample row, sample column, the four taps), each
+// one computed as torchvision computes it (grad * w / count), so the result equals torchvision's
+// single-threaded CPU backward bit for bit.
+void roi_align_nhwc_backward_impl(const at::Tensor& grad, const at::Tensor& rois, const at::Tensor& levels,
+                                  std::vector<at::Tensor>& grads, const std::vector<double>& scales,
+                                  int64_t pooled, int64_t sampling_ratio, bool aligned) {
+  const int64_t num_rois = rois.size(0);
+  const int64_t channels = grads[0].size(1);
+  const float* roi_data = rois.data_ptr<float>();
+  const int64_t* level_data = levels.data_ptr<int64_t>();
+  const float* grad_data = grad.data_ptr<float>();
+  const int64_t threads = std::max<int64_t>(at::get_num_threads(), 1);
+  const int64_t block = std::max<int64_t>(16, ((channels + threads - 1) / threads + 15) / 16 * 16);
+  const int64_t num_blocks = (channels + block - 1) / block;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t bbegin, int64_t bend) {
+    for (int64_t blk = bbegin; blk < bend; blk++) {
+      const int64_t c0 = blk * block, c1 = std::min(channels, c0 + block);
+      for (int64_t n = 0; n < num_rois; n++) {
+        const float* r = roi_data + n * 5;
+        const int64_t level = level_data[n];
+        at::Tensor& gmap = grads[level];
+        const int64_t batch = (int64_t)r[0];
+        const int64_t height = gmap.size(2), width = gmap.size(3);
+        float* gi = gmap.data_ptr<float>() + batch * height * width * channels;
+        const Geometry geo = roi_geometry(r, (float)scales[level], pooled, sampling_ratio, aligned);
+        const float count = geo.grid_h * geo.grid_w;  // torchvision's backward: no max(., 1)
+        for (int64_t ph = 0; ph < pooled; ph++) {
+          for (int64_t pw = 0; pw < pooled; pw++) {
+            const float* g = grad_data + ((n * pooled + ph) * pooled + pw) * channels;
+            for (int64_t iy = 0; iy < geo.grid_h; iy++) {
+              const float yy = geo.sample_y(ph, iy);
+              for (int64_t ix = 0; ix < geo.grid_w; ix++) {
+                const Tap t = make_tap(height, width, yy, geo.sample_x(pw, ix));
+                if (!t.valid) continue;
+                // tap by tap, as torchvision adds them (two taps may share a pixel at the border)
+                float* p1 = gi + t.pos1 * channels;
+                for (int64_t c = c0; c < c1; c++) p1[c] += g[c] * t.w1 / count;
+                float* p2 = gi + t.pos2 * channels;
+                for (int64_t c = c0; c < c1; c++) p2[c] += g[c] * t.w2 / count;
+                float* p3 = gi + t.pos3 * channels;
+                for (int64_t c = c0; c < c1; c++) p3[c] += g[c] * t.w3 / count;
+                float* p4 = gi + t.pos4 * channels;
+                for (int64_t c = c0; c < c1; c++) p4[c] += g[c] * t.w4 / count;
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+std::vector<at::Tensor> roi_align_nhwc_backward(const at::Tensor& grad, const at::Tensor& rois,
+                                                const at::Tensor& levels, at::IntArrayRef batch_channels,
+                                                at::IntArrayRef heights, at::IntArrayRef widths,
+                                                at::ArrayRef<double> scales, int64_t pooled,
+                                                int64_t sampling_ratio, bool aligned) {
+  TORCH_CHECK(batch_channels.size() == 2, "roi_align_nhwc_backward: batch_channels is [N, C]");
+  TORCH_CHECK(heights.size() == widths.size() && heights.size() == scales.size(),
+              "roi_align_nhwc_backward: one height, width and scale a level");
+  TORCH_CHECK(grad.dim() == 4 && grad.size(0) == rois.size(0) && grad.size(1) == batch_channels[1] &&
+                  grad.size(2) == pooled && grad.size(3) == pooled,
+              "roi_align_nhwc_backward: grad must be [R, C, pooled, pooled]");
+  at::Tensor g = grad.to(at::kFloat).contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor r = rois.to(at::kFloat).contiguous();
+  at::Tensor l = levels.to(at::kLong).contiguous();
+  std::vector<at::Tensor> grads;
+  for (size_t i = 0; i < heights.size(); i++) {
+    // (at::zeros ignores a memory format: empty in channels-last, then zeroed)
+    grads.push_back(at::empty({batch_channels[0], batch_channels[1], heights[i], widths[i]},
+                              at::TensorOptions().dtype(at::kFloat).memory_format(at::MemoryFormat::ChannelsLast))
+                        .zero_());
+  }
+  if (rois.size(0) > 0) {
+    std::vector<double> s(scales.begin(), scales.end());
+    roi_align_nhwc_backward_impl(g, r, l, grads, s, pooled, sampling_ratio, aligned);
+  }
+  return grads;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(d2_nucleus, m) {
   m.def("roi_align_nhwc(Tensor[] features, Tensor rois, Tensor levels, float[] scales, int pooled, "
         "int sampling_ratio, bool aligned, ScalarType out_dtype) -> Tensor");
+  m.def("roi_align_nhwc_backward(Tensor grad, Tensor rois, Tensor levels, int[] batch_channels, int[] heights, "
+        "int[] widths, float[] scales, int pooled, int sampling_ratio, bool aligned) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(d2_nucleus, CPU, m) {
   m.impl("roi_align_nhwc", roi_align_nhwc);
+  m.impl("roi_align_nhwc_backward", roi_align_nhwc_backward);
 }
