@@ -105,13 +105,13 @@ def add_nucleus_config(cfg):
     # The RoI heads get their feature maps as float32 NCHW, converted once an image (RoIAlign
     # would convert them at every call under bf16 autocast / channels-last).
     cfg.MODEL.ROI_FEATURES_ONCE = True
-    # At inference on CPU the RoI heads' poolers run every pyramid level in one call of
-    # d2_nucleus's channels-last C++ RoIAlign (modeling/poolers.py; compiled on first use, or by
-    # `make install`; same values as torchvision's; PyTorch's kernels where it cannot be built).
+    # On CPU the RoI heads' poolers run every pyramid level in one call of d2_nucleus's
+    # channels-last C++ RoIAlign, forward and backward (modeling/poolers.py; compiled on first use,
+    # or by `make install`; torchvision's values; PyTorch's kernels where it cannot be built).
     cfg.MODEL.NATIVE_ROI_ALIGN = True
-    # With CHANNELS_LAST and FAST_GROUP_NORM: at inference on CPU the RoI heads' GroupNorm + ReLU
-    # run as one channels-last C++ kernel (modeling/group_norm.py; values within 1e-6 of float32
-    # GroupNorm; PyTorch's kernels where it cannot be built).
+    # With CHANNELS_LAST and FAST_GROUP_NORM: on CPU the GroupNorms run as channels-last C++ kernels,
+    # forward and backward, with the RoI heads' ReLUs fused in (modeling/group_norm.py; float32
+    # GroupNorm's values within 1e-5; PyTorch's kernels where they cannot be built).
     cfg.MODEL.NATIVE_GROUP_NORM = True
     # CPU threads the RPN's NMS runs on at inference, one pyramid level a thread (0: all of
     # torch's; 1: Detectron2's RPN as it is; modeling/rpn.py). Same proposals; equal scores may

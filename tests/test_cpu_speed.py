@@ -175,9 +175,34 @@ def test_native_group_norm_relu(shape, dtype):
     else:  # bf16 output: rounding of the result only (|y| <= ~8 here: 1/32 a step at most)
         torch.testing.assert_close(y.float(), ref, rtol=0, atol=0.07)
         assert (y.float() - ref).abs().max() <= (nn.functional.group_norm(x, 8, ours.weight, ours.bias).relu().float() - ref).abs().max() + 1e-6
-    y = ours(x.float().requires_grad_())  # gradients on: PyTorch's kernels, with a backward
-    assert y.grad_fn is not None
-    torch.testing.assert_close(y, torch.relu(nn.functional.group_norm(x.float(), 8, ours.weight, ours.bias, ours.eps)))
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,relu", [((96, 32, 7, 7), True), ((2, 32, 40, 44), False), ((1, 64, 64, 64), False)])
+def test_native_group_norm_gradients(shape, relu, dtype):
+    """Training through the C++ GroupNorm (+ ReLU): float32 PyTorch's outputs and gradients."""
+    torch.manual_seed(1)
+    ours = NucleusGroupNorm(8, shape[1])
+    ours.native, ours.relu = True, relu
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        ours.bias.uniform_(-0.5, 0.5)
+    x0 = (torch.randn(shape) * 2 + 0.5).to(dtype).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+    xr = x0.float().contiguous().requires_grad_()
+    w, b = ours.weight.detach().clone().requires_grad_(), ours.bias.detach().clone().requires_grad_()
+    yr = nn.functional.group_norm(xr, 8, w, b, ours.eps)
+    yr = torch.relu(yr) if relu else yr
+    yr.backward(g.float())
+    x = x0.clone().requires_grad_()
+    y = ours(x)
+    assert y.grad_fn is not None and y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(g)
+    # float32: summation order only; bf16: the rounding of the bf16 output and input gradient
+    atol = 1e-5 if dtype == torch.float32 else 0.07
+    torch.testing.assert_close(y.float(), yr, rtol=0, atol=atol)
+    torch.testing.assert_close(x.grad.float(), xr.grad, rtol=0, atol=atol)
+    torch.testing.assert_close(ours.weight.grad, w.grad, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(ours.bias.grad, b.grad, rtol=1e-4, atol=1e-3)
 
 
 def test_native_group_norm_model_outputs():

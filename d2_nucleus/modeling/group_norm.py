@@ -22,13 +22,15 @@ through the NCHW kernel and hands the result back channels-last (the next convol
 and everything else as :class:`torch.nn.GroupNorm` does. Same parameters, same state-dict keys,
 the same values up to the kernels' summation order.
 
-At inference (gradients off) and where d2_nucleus's C++ kernels are built (:mod:`.native`), such a
-batch instead goes through ``torch.ops.d2_nucleus.group_norm_nhwc`` (``csrc/group_norm_nhwc.cpp``):
-channels-last in and out, no layout copy, and the ReLU that follows it in the RoI heads' conv
-layers fused in (:func:`fuse_group_norm_relus`). Measured on 2 cores, bf16, GroupNorm + ReLU:
-[256, 128, 14, 14] 4.9 -> ~1 ms, [3000, 128, 7, 7] 22.7 -> ~4 ms (BENCHMARKS.md "CPU speed
-options"). Its float32 statistics give values within 1e-6 of float32 ``F.group_norm``
-(``tests/test_cpu_speed.py``).
+Where d2_nucleus's C++ kernels are built (:mod:`.native`; ``native``), channels-last CPU inputs
+instead go through ``torch.ops.d2_nucleus.group_norm_nhwc`` (``csrc/group_norm_nhwc.cpp``):
+channels-last in and out, no layout copy, the ReLU that follows the norm in the RoI heads' conv
+layers fused in (:func:`fuse_group_norm_relus`), and in training its own backward (PyTorch's
+channels-last backward is the slow one on feature maps). Measured on 2 cores, bf16: GroupNorm +
+ReLU at inference [256, 128, 14, 14] 4.9 -> 1.2 ms, [3000, 128, 7, 7] 22.7 -> 3.5 ms; forward +
+backward [1, 128, 256, 256] 33.5 -> 5.2 ms, [2, 64, 128, 128] 14.6 -> 1.3 ms (BENCHMARKS.md "CPU
+speed options"). Float32 statistics: values within 1e-5 of float32 ``F.group_norm``, gradients
+too (``tests/test_cpu_speed.py``).
 """
 import torch
 from torch import nn
@@ -44,30 +46,47 @@ __all__ = ["NucleusGroupNorm", "convert_group_norms", "fuse_group_norm_relus"]
 SMALL_HW = 32 * 32
 
 
+class _NativeGroupNorm(torch.autograd.Function):
+    """The C++ GroupNorm (+ ReLU) of channels-last maps with its C++ backward (training)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps, relu):
+        y, mean, rstd = torch.ops.d2_nucleus.group_norm_nhwc_train(x, groups, weight, bias, eps, relu)
+        ctx.save_for_backward(x, y if relu else None, mean, rstd, weight)
+        ctx.args = (groups, relu)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, y, mean, rstd, weight = ctx.saved_tensors
+        groups, relu = ctx.args
+        dx, dw, db = torch.ops.d2_nucleus.group_norm_nhwc_backward(
+            grad, x, y if relu else x, mean, rstd, weight, groups, relu
+        )
+        if weight is None:
+            return dx, None, None, None, None, None
+        return dx, dw.to(weight.dtype), db.to(weight.dtype), None, None, None
+
+
 class NucleusGroupNorm(nn.GroupNorm):
     # ``relu``: a ReLU follows (fuse_group_norm_relus moved it here from the conv layer)
     relu = False
-    # ``native``: at inference, RoI batches take the C++ kernel where it is built
+    # ``native``: channels-last CPU inputs take the C++ kernels where they are built
     native = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if (
-            x.dim() == 4
-            and x.shape[0] > 1
-            and x.shape[2] * x.shape[3] <= SMALL_HW
-            and not x.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
+            channels_last
+            and self.native
+            and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and native_ops() is not None
         ):
-            if (
-                self.native
-                and x.device.type == "cpu"
-                and x.dtype in (torch.float32, torch.bfloat16)
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
-                and native_ops() is not None
-            ):
-                return torch.ops.d2_nucleus.group_norm_nhwc(
-                    x, self.num_groups, self.weight, self.bias, self.eps, self.relu
-                )
+            if torch.is_grad_enabled() and (x.requires_grad or (self.affine and self.weight.requires_grad)):
+                return _NativeGroupNorm.apply(x, self.weight, self.bias, self.num_groups, self.eps, self.relu)
+            return torch.ops.d2_nucleus.group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps, self.relu)
+        if channels_last and x.shape[0] > 1 and x.shape[2] * x.shape[3] <= SMALL_HW:
             y = super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)
         else:
             y = super().forward(x)
@@ -77,7 +96,7 @@ class NucleusGroupNorm(nn.GroupNorm):
 def convert_group_norms(module: nn.Module, native: bool = False) -> int:
     """
     Replace every :class:`torch.nn.GroupNorm` in ``module`` by a :class:`NucleusGroupNorm` that
-    shares its parameters (``native``: RoI batches at inference take the C++ kernel). Returns how
+    shares its parameters (``native``: channels-last CPU inputs take the C++ kernels). Returns how
     many were replaced.
     """
     n = 0

@@ -106,12 +106,12 @@ class NucleusRCNN(GeneralizedRCNN):
             frozen_group_norm: the backbone's GroupNorms normalise with fixed statistics
                 (:class:`FrozenGroupNorm`; the weights must come from tools/freeze_group_norm.py),
                 so a nucleus's features do not depend on the rest of the input (whole-slide tiles).
-            native_roi_align: at inference on CPU the RoI heads' poolers run all pyramid levels
-                in one call of d2_nucleus's channels-last C++ RoIAlign (:class:`NucleusROIPooler`;
-                same values as torchvision's), reading the feature maps as they are.
-            native_group_norm: with ``channels_last`` and ``fast_group_norm``, at inference on
-                CPU the RoI heads' GroupNorm + ReLU run as one channels-last C++ kernel
-                (:func:`fuse_group_norm_relus`).
+            native_roi_align: on CPU the RoI heads' poolers run all pyramid levels in one call
+                of d2_nucleus's channels-last C++ RoIAlign, forward and backward
+                (:class:`NucleusROIPooler`; torchvision's values), reading the maps as they are.
+            native_group_norm: with ``channels_last`` and ``fast_group_norm``, on CPU the
+                GroupNorms run as channels-last C++ kernels, forward and backward, with the RoI
+                heads' ReLUs fused in (:func:`fuse_group_norm_relus`).
             rpn_nms_threads: CPU threads the RPN's per-level NMS runs on at inference (0: all of
                 torch's; 1: Detectron2's :class:`RPN` as it is; :class:`NucleusRPN`).
             native_anchor_iou: in training on CPU the RPN's anchor matching takes its IoU matrix
