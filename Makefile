@@ -31,7 +31,7 @@ $(STAMP): requirements.txt pyproject.toml tools/install_detectron2.py tools/patc
 	$(PY) -m pip install -q --no-deps imantics==0.1.12
 	$(PY) tools/install_detectron2.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	# the C++ CPU kernels (a faster RoIAlign), compiled once and cached; without a compiler
+	# the C++ CPU kernels (RoIAlign, GroupNorm, anchor IoU), compiled once and cached; without a compiler
 	# d2_nucleus uses PyTorch's kernels instead
 	$(PY) tools/build_native.py || echo "make: the C++ kernels were not built; d2_nucleus uses PyTorch's"
 	touch $@
