@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """
-The RoI heads' pooler on CPU at inference: every level in one call of a channels-last C++ RoIAlign.
+The RoI heads' pooler on CPU: every level in one call of a channels-last C++ RoIAlign (and its backward).
 
 Detectron2's :class:`ROIPooler` runs torchvision's RoIAlign once a pyramid level; on CPU that
 kernel reads float32 NCHW maps (so a bfloat16 channels-last model's maps are copied for it:
@@ -11,7 +11,8 @@ box pooler 0.12 s for 3,000 proposals, mask pooler 0.13 s for ~1,000 detections)
 (``csrc/roi_align_nhwc.cpp``, built by :mod:`.native`), which reads the channels-last maps as they
 are, float32 or bfloat16, applies each sample's bilinear weights to all channels at once and writes
 channels-last output for the heads' convolutions: 82 -> 7 ms on 3,000 7 x 7 RoIs of a bf16
-[1, 128, 250, 250] map against torchvision's kernel on 2 threads (BENCHMARKS.md, "CPU speed options"). Its float32 values equal torchvision's bit for bit
+[1, 128, 250, 250] map against torchvision's kernel on 2 threads (BENCHMARKS.md, "CPU speed
+options"). Its float32 values equal torchvision's bit for bit
 (``tests/test_native_roi_align.py``); under bfloat16 autocast it writes bfloat16, the values the
 heads' first layer casts torchvision's float32 output to.
 
