@@ -27,7 +27,7 @@ instead go through ``torch.ops.d2_nucleus.group_norm_nhwc`` (``csrc/group_norm_n
 channels-last in and out, no layout copy, the ReLU that follows the norm in the RoI heads' conv
 layers fused in (:func:`fuse_group_norm_relus`), and in training its own backward (PyTorch's
 channels-last backward is the slow one on feature maps). Measured on 2 cores, bf16: GroupNorm +
-ReLU at inference [256, 128, 14, 14] 4.9 -> 1.2 ms, [3000, 128, 7, 7] 22.7 -> 3.5 ms; forward +
+ReLU at inference [256, 128, 14, 14] 4.9 -> 1.3-1.5 ms, [3000, 128, 7, 7] 22.7 -> 5-6 ms; forward +
 backward [1, 128, 256, 256] 33.5 -> 5.2 ms, [2, 64, 128, 128] 14.6 -> 1.3 ms (BENCHMARKS.md "CPU
 speed options"). Float32 statistics: values within 1e-5 of float32 ``F.group_norm``, gradients
 too (``tests/test_cpu_speed.py``).

@@ -53,7 +53,7 @@ def _sources():
 
 def build_dir() -> str:
     h = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(CSRC, "*.cpp")) + glob.glob(os.path.join(CSRC, "*.h"))):
+    for path in _sources() + sorted(glob.glob(os.path.join(CSRC, "*.h"))):
         with open(path, "rb") as f:
             h.update(f.read())
     h.update(" ".join(CFLAGS + [torch.__version__, _cpu_model()]).encode())

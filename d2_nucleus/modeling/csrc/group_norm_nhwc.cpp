@@ -39,19 +39,27 @@ int64_t chunks_per_sample(int64_t n, int64_t hw) {
   return std::max<int64_t>(1, std::min<int64_t>(hw / 64, (4 * threads + n - 1) / n));
 }
 
-// per (sample, channel): sums of f(p, c) and g(p, c) over the sample's pixels -> out[n][2C]
+// each sample's pixels in chunks_per_sample chunks, one task a chunk: fn(task, sample, p0, p1)
+template <typename F>
+void for_chunks(int64_t n, int64_t hw, int64_t k, F fn) {
+  const int64_t per = (hw + k - 1) / k;
+  at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; t++) {
+      const int64_t i = t / k, p0 = (t % k) * per;
+      fn(t, i, p0, std::min(hw, p0 + per));
+    }
+  });
+}
+
+// per (sample, channel): two sums over the sample's pixels, fn(sample, pixel, s, q) adding to
+// s[C] and q[C] -> out[n][2C]
 template <typename F>
 void channel_sums(int64_t n, int64_t hw, int64_t channels, F fn, std::vector<double>& out) {
   const int64_t k = chunks_per_sample(n, hw);
-  const int64_t per = (hw + k - 1) / k;
   std::vector<float> partial(n * k * 2 * channels, 0.f);
-  at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; t++) {
-      const int64_t i = t / k, p0 = (t % k) * per, p1 = std::min(hw, p0 + per);
-      float* s = partial.data() + t * 2 * channels;
-      float* q = s + channels;
-      for (int64_t p = p0; p < p1; p++) fn(i, p, s, q);
-    }
+  for_chunks(n, hw, k, [&](int64_t t, int64_t i, int64_t p0, int64_t p1) {
+    float* s = partial.data() + t * 2 * channels;
+    for (int64_t p = p0; p < p1; p++) fn(i, p, s, s + channels);
   });
   out.assign(n * 2 * channels, 0.0);
   for (int64_t i = 0; i < n; i++) {
@@ -66,13 +74,8 @@ void channel_sums(int64_t n, int64_t hw, int64_t channels, F fn, std::vector<dou
 // pass over every (sample, pixel) on the threads: fn(sample, pixel)
 template <typename F>
 void for_pixels(int64_t n, int64_t hw, F fn) {
-  const int64_t k = chunks_per_sample(n, hw);
-  const int64_t per = (hw + k - 1) / k;
-  at::parallel_for(0, n * k, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; t++) {
-      const int64_t i = t / k, p0 = (t % k) * per, p1 = std::min(hw, p0 + per);
-      for (int64_t p = p0; p < p1; p++) fn(i, p);
-    }
+  for_chunks(n, hw, chunks_per_sample(n, hw), [&](int64_t, int64_t i, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; p++) fn(i, p);
   });
 }
 
@@ -106,10 +109,8 @@ void forward_impl(const at::Tensor& x, int64_t groups, const float* weight, cons
       const double mean = gs / count;
       const double var = std::max(gq / count - mean * mean, 0.0);
       const double rstd = 1.0 / std::sqrt(var + eps);
-      if (mean_out) {
-        mean_out[i * groups + g] = (float)mean;
-        rstd_out[i * groups + g] = (float)rstd;
-      }
+      mean_out[i * groups + g] = (float)mean;
+      rstd_out[i * groups + g] = (float)rstd;
       for (int64_t c = g * per_group; c < (g + 1) * per_group; c++) {
         const double w = weight ? weight[c] : 1.0;
         const double bb = bias ? bias[c] : 0.0;
@@ -191,18 +192,16 @@ void backward_impl(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& 
       store(dxd + off + ch, a[ch] * grad_at(off + ch) + b[ch] * load(xd + off + ch) + c[ch]);
     }
   });
-  if (dweight) {
-    for (int64_t c = 0; c < channels; c++) {
-      double dw = 0, dbb = 0;
-      for (int64_t i = 0; i < n; i++) {
-        const double* ds = sums.data() + i * 2 * channels;
-        const int64_t g = c / per_group;
-        dw += (ds[c] - ds[channels + c] * mean[i * groups + g]) * rstd[i * groups + g];
-        dbb += ds[channels + c];
-      }
-      dweight[c] = (float)dw;
-      dbias[c] = (float)dbb;
+  for (int64_t c = 0; c < channels; c++) {
+    const int64_t g = c / per_group;
+    double dw = 0, dbb = 0;
+    for (int64_t i = 0; i < n; i++) {
+      const double* ds = sums.data() + i * 2 * channels;
+      dw += (ds[c] - ds[channels + c] * mean[i * groups + g]) * rstd[i * groups + g];
+      dbb += ds[channels + c];
     }
+    dweight[c] = (float)dw;
+    dbias[c] = (float)dbb;
   }
 }
 

@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -117,7 +116,6 @@ void roi_align_nhwc_impl(const std::vector<at::Tensor>& features, const at::Tens
 
   at::parallel_for(0, num_rois, 8, [&](int64_t begin, int64_t end) {
     std::vector<float> acc(channels);
-    std::vector<Tap> taps;
     for (int64_t n = begin; n < end; n++) {
       const float* r = roi_data + n * 5;
       const int64_t level = level_data[n];
