@@ -31,6 +31,7 @@ from .layout import (  # the layout is spelled in .layout
     CLASSES,
     CLASSES_FILE,
     IMAGES_DIR,
+    SOURCE_FILE,
     SPLIT_FILE,
     SPLITS,
     TEST_IDS_FILE,
@@ -50,6 +51,7 @@ __all__ = [
     "write_split",
     "convert_split",
     "write_test_list",
+    "check_prepared_out",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,8 +72,9 @@ def _check_raw_out(raw_root: str, out: str) -> None:
         raise ValueError(f"{out}: output must be outside the raw dataset {raw_root} and not contain it")
 
 
-# What prepare_dataset writes into <out>; --overwrite replaces only a folder holding nothing else.
-_LAYOUT_FILES = (TEST_IDS_FILE, CLASSES_FILE, SPLIT_FILE)
+# What prepare_dataset (and an import: source.json) writes into <out>; --overwrite replaces only a
+# folder holding nothing else.
+_LAYOUT_FILES = (TEST_IDS_FILE, CLASSES_FILE, SPLIT_FILE, SOURCE_FILE)
 
 
 def _foreign_entries(out: str) -> List[str]:
@@ -101,8 +104,11 @@ def _foreign_entries(out: str) -> List[str]:
     return foreign
 
 
-def _check_out(out: str, overwrite: bool) -> None:
-    """Before any work: ``out`` can be created and, if it exists, may be replaced."""
+def check_prepared_out(out: str, overwrite: bool) -> None:
+    """
+    Before any work: ``out`` can be created and, if it exists, may be replaced (with ``overwrite``,
+    only when it holds a prepared layout and nothing else).
+    """
     check_target(out, overwrite)
     # atomic_output_dir builds the layout beside out, in its parent folder
     check_writable_dir(os.path.dirname(os.path.abspath(out)))
@@ -148,7 +154,7 @@ def prepare_dataset(
         ValueError: bad arguments.
     """
     _check_raw_out(raw_root, out)
-    _check_out(out, overwrite)
+    check_prepared_out(out, overwrite)
     train_set = scan_train(raw_root)
     report = DataReport(ignored_entries=train_set.ignored_entries)
     for msg in train_set.warnings:
