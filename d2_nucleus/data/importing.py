@@ -154,8 +154,12 @@ def convert_source(src: SourceImage, image_id: int, target_mpp: float, mpp: Opti
                 continue
             crops[i] = rasterize(scale_geometry(geom, sx, sy, -rx, -ry), h, w)
     masks = [i for i, n in enumerate(nuclei) if n.geometry is None]
-    if masks:  # masks are on the whole image's grid (no region is read for them)
-        resampled = resample_crops([nuclei[i].crop for i in masks], (height, width), (h, w))
+    if masks:  # masks are on the whole image's grid (no region is read for them); disjoint first
+        source = [nuclei[i].crop for i in masks]
+        if (h, w) != (height, width):
+            painted = paint_instances(source, height, width)
+            source = instance_crops(painted, [(x0, y0, c.shape[1], c.shape[0]) for c, x0, y0 in source])
+        resampled = resample_crops(source, (height, width), (h, w))
         for i, c in zip(masks, resampled):
             crops[i] = c
     if repaired:

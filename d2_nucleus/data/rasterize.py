@@ -9,12 +9,15 @@ centre is (x + 0.5, y + 0.5).
 
 Rules:
 
-* **Which pixels a polygon covers**: those whose centre lies inside the polygon or on its
-  boundary (``skimage.draw.polygon``, which counts points on the boundary as inside, on the
-  vertices shifted by half a pixel). A polygon traced along pixel edges (integer vertices) thus
-  rasterises back to exactly the pixels it was traced from, and a ring through the centres of a
-  mask's boundary pixels includes those pixels. Holes remove the pixels whose centres lie inside
-  them or on their rings; the parts of a MultiPolygon are united.
+* **Which pixels a polygon covers**: those whose centre lies inside it. A centre exactly on the
+  outline belongs to the polygon on its lower-right side: the outline is moved up and left by a
+  negligible (1e-7, 1.6e-7) px before the inside test (``skimage.draw.polygon``), the top-left
+  rule of GPU rasterisers. So two outlines sharing an edge never both claim a pixel, outlines
+  through pixel centres (a pixel-edge outline scaled by 1/2) add no area on average, and an
+  outline traced along pixel edges (integer vertices, area == pixel count: what
+  ``export/geojson.py`` writes) rasterises back to exactly the pixels it was traced from. Holes
+  remove the pixels whose centres they hold, by the same rule; the parts of a MultiPolygon are
+  united.
 * **Invalid polygons** (self-intersecting, bow ties, rings touching themselves) are repaired with
   shapely's ``make_valid`` and the polygonal part of the result is rasterised (the caller reports
   it); a polygon that has none (all its vertices on a line) has no pixels.
@@ -59,12 +62,18 @@ def to_polygonal(geom):
     return (parts[0] if len(parts) == 1 else MultiPolygon(parts)), repaired
 
 
+#: The outline's shift before the inside test (module docstring): far below the 1e-6 px of the
+#: coordinates files store, and in an irrational ratio, so no edge direction is left undecided.
+_TIE_SHIFT = (1e-7, 1e-7 * (1 + 5 ** 0.5) / 2)
+
+
 def _fill_ring(canvas: np.ndarray, coords: np.ndarray, x0: int, y0: int, value: bool) -> None:
-    """Set the pixels of ``canvas`` (whose pixel (0, 0) is image pixel (x0, y0)) whose centres lie in or on the ring."""
+    """Set the pixels of ``canvas`` (whose pixel (0, 0) is image pixel (x0, y0)) whose centres the ring holds."""
     from skimage.draw import polygon
 
-    # skimage puts pixel centres at integer coordinates: shift by half a pixel and into the canvas.
-    rr, cc = polygon(coords[:, 1] - 0.5 - y0, coords[:, 0] - 0.5 - x0, canvas.shape)
+    # skimage puts pixel centres at integer coordinates (and counts points on the outline as
+    # inside): shift by half a pixel, the tie shift, and into the canvas.
+    rr, cc = polygon(coords[:, 1] - (0.5 + _TIE_SHIFT[1] + y0), coords[:, 0] - (0.5 + _TIE_SHIFT[0] + x0), canvas.shape)
     canvas[rr, cc] = value
 
 
@@ -77,7 +86,7 @@ def rasterize(geom, height: int, width: int) -> Optional[Crop]:
     from shapely.geometry import Polygon
 
     minx, miny, maxx, maxy = geom.bounds
-    # pixels whose centres can lie in [min, max]: ceil(min - 0.5) .. floor(max - 0.5)
+    # pixels whose centres can lie in [min, max] (a superset): ceil(min - 0.5) .. floor(max - 0.5)
     x0, y0 = max(math.ceil(minx - 0.5), 0), max(math.ceil(miny - 0.5), 0)
     x1, y1 = min(math.floor(maxx - 0.5) + 1, width), min(math.floor(maxy - 0.5) + 1, height)
     if x1 <= x0 or y1 <= y0:
