@@ -23,7 +23,7 @@ from d2_nucleus.data.importers import FORMATS
 from d2_nucleus.data.importing import import_annotations
 from d2_nucleus.data.raw import RawDataError
 from d2_nucleus.data.resample import MPP_TOLERANCE
-from d2_nucleus.utils.cli import error_line
+from d2_nucleus.utils.cli import error_line, quiet_known_warnings
 
 PROG = "import_annotations"
 
@@ -96,6 +96,7 @@ def target_mpp(args) -> float:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    quiet_known_warnings()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=f"{PROG}: %(message)s")
     try:
         report = import_annotations(

@@ -289,7 +289,10 @@ def import_annotations(
                                                   f"{seen[s.image_id].annotation_file}; rename one")
         seen[s.image_id] = s
     sources = sorted(sources, key=lambda s: s.image_id)
-    split = split_dict([s.image_id for s in sources], ratio, seed)
+    try:
+        split = split_dict([s.image_id for s in sources], ratio, seed)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass --ratio 0 to train on all of them (then evaluate on another set)") from None
     logger.info("%d images (%d train, %d val; ratio %s, seed %s) from %s, target %g um/px",
                 len(sources), len(split["train"]), len(split["val"]), ratio, seed, fmt, target_mpp)
 
