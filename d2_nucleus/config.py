@@ -25,6 +25,9 @@ def add_nucleus_config(cfg):
     # Root of the prepared dataset (tools/prepare_data.py output: annotations/, nucleus_data/).
     # Empty: use $D2_NUCLEUS_DATA, then "datasets/nucleus".
     cfg.NUCLEUS.DATA_ROOT = ""
+    # More prepared sets (tools/import_annotations.py --out), "NAME=PATH" each: registers NAME_train,
+    # NAME_val, NAME_all_train and NAME_test beside nucleus_*, for DATASETS.TRAIN / DATASETS.TEST.
+    cfg.NUCLEUS.EXTRA_DATA_ROOTS = ()
     # Binarisation threshold of the mask head's probabilities.
     cfg.NUCLEUS.MASK_THRESHOLD = 0.5
     # Resolution the model works at, in micrometres per pixel (0 = unknown). Sizes in um / um^2

@@ -87,6 +87,8 @@ def test_label_image_40x_and_20x_copy_match_within_5_percent(tmp_path, capsys):
     # smallest, 12 px at 20x, within 17%: one boundary pixel is 8%)
     assert area_a[1:].sum() / area_b[1:].sum() == pytest.approx(1, abs=0.05)
     assert np.median(np.abs(ratio - 1)) < 0.05
+    big = np.array([area_b[j] >= 50 for _, j, _ in pairs])
+    assert np.abs(ratio[big] - 1).max() < 0.05
 
 
 def test_slide_region_around_the_annotations(tmp_path, capsys):

@@ -75,7 +75,7 @@ def setup(args):
     cfg.freeze()
     check_output_dir(cfg, args)
     # Data before anything is written: a missing val annotation file stops the run now.
-    register_nucleus_datasets(resolve_data_root(cfg=cfg))
+    register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
     check_nucleus_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     default_setup(cfg, args)
     # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt

@@ -39,7 +39,7 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     if cfg.MODEL.FROZEN_GROUP_NORM:
         raise ValueError("the config already has MODEL.FROZEN_GROUP_NORM True: give the GroupNorm model's config")
     dataset = dataset or cfg.DATASETS.TRAIN[0]
-    register_nucleus_datasets(resolve_data_root(cfg=cfg))
+    register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
     check_nucleus_datasets([dataset])
     model = build_model(cfg)
     NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)

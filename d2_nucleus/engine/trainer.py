@@ -38,7 +38,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
         # The evaluation datasets too: a missing val annotation file stops the run now, not
         # after the whole training.
         check_nucleus_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
@@ -104,7 +104,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     @classmethod
     def eval_only(cls, cfg, resume=False):
         """Build the model, load ``cfg.MODEL.WEIGHTS`` (or the last checkpoint), evaluate."""
-        register_nucleus_datasets(resolve_data_root(cfg=cfg))
+        register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
         check_nucleus_datasets(cfg.DATASETS.TEST)
         model = cls.build_model(cfg)
         NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
