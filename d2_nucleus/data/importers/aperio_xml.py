@@ -49,6 +49,19 @@ def _float(value, path: str, where: str) -> float:
     return v
 
 
+def _vertices(vertices, path: str, where: str) -> np.ndarray:
+    """(n, 2) float64 X, Y of ``<Vertex>`` elements; RawDataError naming the first bad value."""
+    try:
+        xy = np.array([(v.get("X"), v.get("Y")) for v in vertices], dtype=np.float64).reshape(-1, 2)
+    except (TypeError, ValueError):
+        xy = None
+    if xy is None or not np.isfinite(xy).all():  # find the culprit for the message
+        for v in vertices:
+            _float(v.get("X"), path, f"{where} X")
+            _float(v.get("Y"), path, f"{where} Y")
+    return xy
+
+
 def _ellipse(xy: np.ndarray):
     from shapely.geometry import Polygon
 
@@ -94,9 +107,7 @@ def parse(path: str):
             if rtype not in (_POLYGON, _RECTANGLE, _ELLIPSE):
                 skipped.append(("not an area", f"{path}: {where} has Type {rtype} (ruler, arrow, ...), skipped"))
                 continue
-            vertices = region.findall("Vertices/Vertex")
-            xy = np.array([[_float(v.get("X"), path, f"{where} X"), _float(v.get("Y"), path, f"{where} Y")]
-                           for v in vertices], np.float64).reshape(-1, 2)
+            xy = _vertices(region.findall("Vertices/Vertex"), path, where)
             if rtype == _ELLIPSE and len(xy) >= 2:
                 geom = _ellipse(xy)
             elif len(xy) >= 3:

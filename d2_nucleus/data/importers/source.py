@@ -98,6 +98,7 @@ class ImageFinder:
             raise RawDataError(images, "--images: no such folder")
         self.images = images
         self.exclude = {os.path.realpath(p) for p in exclude}
+        self._excluded_names = {os.path.basename(p) for p in self.exclude}
         self._index: Optional[Dict[str, List[str]]] = None
 
     def _candidates(self, folder: str, recursive: bool) -> Iterable[str]:
@@ -117,7 +118,9 @@ class ImageFinder:
         for path in self._candidates(folder, recursive):
             name = os.path.basename(path)
             stem, ext = os.path.splitext(name)
-            if ext.lower() not in IMAGE_EXTENSIONS or os.path.realpath(path) in self.exclude:
+            if ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if name in self._excluded_names and os.path.realpath(path) in self.exclude:
                 continue
             index.setdefault(stem, []).append(path)
             index.setdefault(name, []).append(path)  # "X.svs" for "X.svs.geojson"
