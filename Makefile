@@ -65,6 +65,7 @@ demo: $(STAMP)
 # Each benchmark prints its table; BENCHMARKS.md records them. bench_train_speed takes ~10 minutes.
 bench: $(STAMP)
 	$(PY) bench/bench_mask2coco.py
+	$(PY) bench/bench_import.py
 	$(PY) bench/bench_postprocess.py
 	$(PY) bench/bench_evaluation.py
 	$(PY) bench/bench_measurements.py
