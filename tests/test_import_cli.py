@@ -97,7 +97,8 @@ def test_slide_region_around_the_annotations(tmp_path, capsys):
     slide.mkdir()
     write_synthetic_slide(str(slide / "case.svs"), 1200, 900, [(image, 700, 500)], mpp=0.5, compression="zlib")
     geoms = [affinity.translate(g, 700, 500) for g in outlines_of(labels)]
-    (slide / "case.geojson").write_text(json.dumps({"type": "FeatureCollection",
+    # QuPath names its export after the image file: case.svs.geojson -> case.svs, image id "case"
+    (slide / "case.svs.geojson").write_text(json.dumps({"type": "FeatureCollection",
                                                     "features": [qupath_feature(g, i) for i, g in enumerate(geoms)]}))
     rc, out, err = _main(capsys, "--format", "geojson", slide, "--out", tmp_path / "p", "--target-mpp", 0.5,
                          "--ratio", 0)

@@ -17,7 +17,7 @@ A layout made by tools/import_annotations.py (:mod:`.importing`) has no test ima
   classification, COCO category, Aperio region text or layer name; null when it had none). The
   detector trains on the one class "nucleus" (category 1); a nucleus-type classifier can use these.
 * ``source.json``: how the layout was made: ``{"format", "target_mpp", "mpp_tolerance",
-  "classes": {class name: nuclei}, "images": {image id: {"image", "annotations" (source files),
+  "classes": {class name ("" = none): nuclei}, "images": {image id: {"image", "annotations" (source files),
   "source_mpp", "mpp_from", "factor" (source px -> layout px, 1 = not resampled), "scale" ([sx, sy]
   exactly), "region" ([x, y, w, h] of the source read, level-0 px), "size" ([h, w] in the layout),
   "nuclei"}}}``.

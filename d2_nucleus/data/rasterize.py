@@ -19,8 +19,8 @@ Rules:
   remove the pixels whose centres they hold, by the same rule; the parts of a MultiPolygon are
   united.
 * **Invalid polygons** (self-intersecting, bow ties, rings touching themselves) are repaired with
-  shapely's ``make_valid`` and the polygonal part of the result is rasterised (the caller reports
-  it); a polygon that has none (all its vertices on a line) has no pixels.
+  shapely's ``make_valid`` (method "structure") and the polygonal part of the result is rasterised
+  (the caller reports it); a polygon that has none (all its vertices on a line) has no pixels.
 * **Overlaps**: where instance masks overlap, the pixel goes to the *smaller* instance (by its
   pixel count before the overlap is resolved; equal sizes: the later one), so a small nucleus
   drawn over a large one keeps its pixels whatever the order of the file. An instance left with
@@ -48,7 +48,10 @@ def to_polygonal(geom):
 
     repaired = False
     if not geom.is_valid:
-        geom = shapely.make_valid(geom)
+        # "structure": each ring made valid, shells united, holes subtracted. On the MoNuSeg XML
+        # (60% of the outlines touch or cross themselves) 15x faster than the default "linework"
+        # (0.12 vs 1.8 ms an outline), areas within 1 px for 249 of 253 outlines (at most 5.5 px).
+        geom = shapely.make_valid(geom, method="structure", keep_collapsed=False)
         repaired = True
     if isinstance(geom, (Polygon, MultiPolygon)):
         parts = [geom] if isinstance(geom, Polygon) else list(geom.geoms)
