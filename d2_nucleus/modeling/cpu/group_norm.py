@@ -37,6 +37,7 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
+from ..module_swap import replace_modules, swap_module_class
 from .native import native_ops
 
 __all__ = ["NucleusGroupNorm", "convert_group_norms", "fuse_group_norm_relus"]
@@ -99,18 +100,15 @@ def convert_group_norms(module: nn.Module, native: bool = False) -> int:
     shares its parameters (``native``: channels-last CPU inputs take the C++ kernels). Returns how
     many were replaced.
     """
-    n = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm:
-                new = NucleusGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-                new.native = native
-                if child.affine:
-                    new.weight, new.bias = child.weight, child.bias
-                new.train(child.training)
-                setattr(parent, name, new)
-                n += 1
-    return n
+
+    def build(child: nn.GroupNorm) -> NucleusGroupNorm:
+        new = NucleusGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+        new.native = native
+        if child.affine:
+            new.weight, new.bias = child.weight, child.bias
+        return new
+
+    return replace_modules(module, nn.GroupNorm, build)
 
 
 def fuse_group_norm_relus(module: nn.Module) -> int:

@@ -35,6 +35,7 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
+from ..module_swap import swap_module_class
 from .native import native_ops
 
 __all__ = ["NucleusROIPooler", "convert_poolers", "native_pooling"]
@@ -98,9 +99,4 @@ class NucleusROIPooler(ROIPooler):
 
 def convert_poolers(module: nn.Module) -> int:
     """Make every :class:`ROIPooler` in ``module`` a :class:`NucleusROIPooler` (same submodules). Returns how many."""
-    n = 0
-    for m in module.modules():
-        if type(m) is ROIPooler:
-            m.__class__ = NucleusROIPooler
-            n += 1
-    return n
+    return swap_module_class(module, ROIPooler, NucleusROIPooler)

@@ -22,7 +22,8 @@ from torch import nn
 
 from detectron2.layers import ROIAlign
 
-from ..utils.threads import thread_pool as _pool
+from ...utils.threads import thread_pool as _pool
+from ..module_swap import replace_modules
 
 __all__ = ["ThreadedROIAlign", "convert_roi_aligns", "roi_features"]
 
@@ -95,15 +96,8 @@ class ThreadedROIAlign(ROIAlign):
 
 def convert_roi_aligns(module: nn.Module, threads: int = 0) -> int:
     """Replace every Detectron2 :class:`ROIAlign` in ``module`` by a :class:`ThreadedROIAlign`."""
-    n = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is ROIAlign:
-                new = ThreadedROIAlign(child.output_size, child.spatial_scale, child.sampling_ratio,
-                                       aligned=child.aligned, threads=threads)
-                setattr(parent, name, new)
-                n += 1
-    return n
+    return replace_modules(module, ROIAlign, lambda child: ThreadedROIAlign(
+        child.output_size, child.spatial_scale, child.sampling_ratio, aligned=child.aligned, threads=threads))
 
 
 def _as_roi_input(x: torch.Tensor) -> torch.Tensor:
