@@ -48,7 +48,7 @@ def add_slide_config(cfg):
     cfg.SLIDE.MEASUREMENTS = CN()
     # Per-nucleus measurements (d2_nucleus.measurements: shape, size, H&E optical densities, RGB)
     # in the table and the GeoJSON, their per-slide summary and figure. Cheap next to the model
-    # (~0.1 ms a nucleus); tools/segment_slides.py --no-measurements turns them off.
+    # (BENCHMARKS.md "Whole slides"); tools/segment_slides.py --no-measurements turns them off.
     cfg.SLIDE.MEASUREMENTS.ENABLED = True
     # Stain vectors of the colour deconvolution: "ruifrok" (fixed Ruifrok-Johnston H&E) or
     # "macenko" (estimated once per slide from its thumbnail).

@@ -10,7 +10,6 @@ RLEs (``pred_rles``): NucleusRCNN makes them from each box-local mask; the full-
 
 The rest of a prediction run lives next door: the inputs (:mod:`.inputs`), the run and its
 outputs (:mod:`.prediction`); images are read by :func:`d2_nucleus.data.image_io.read_image`.
-Those names are importable from here too.
 """
 import os
 from typing import List, Optional, Sequence
@@ -25,23 +24,11 @@ from detectron2.structures import Instances
 from ..compat import NucleusCheckpointer, WeightsNotFoundError
 from ..config import input_resize_factor
 from ..data.dataset_mapper import build_nucleus_augmentation
-from ..data.image_io import BadImageError, read_image  # noqa: F401  (re-exported)
 from ..evaluation.coco_results import instance_rles
 from ..modeling import NucleusRCNNWithTTA, RLEList
 from ..utils.autocast import cpu_autocast
-from .inputs import IMAGE_EXTENSIONS, ImageItem, list_inputs  # noqa: F401  (re-exported)
 
-__all__ = [
-    "BadImageError",
-    "ImageItem",
-    "IMAGE_EXTENSIONS",
-    "NucleusPredictor",
-    "PredictionSummary",
-    "check_outputs",
-    "list_inputs",
-    "read_image",
-    "run_prediction",
-]
+__all__ = ["NucleusPredictor"]
 
 
 class NucleusPredictor:
@@ -129,6 +116,3 @@ class NucleusPredictor:
                 r.remove("pred_masks")
                 r.pred_rles = RLEList(rles)
         return results
-
-
-from .prediction import PredictionSummary, check_outputs, run_prediction  # noqa: E402,F401  (re-exported)

@@ -63,8 +63,7 @@ class FrozenGroupNorm(nn.Module):
                 "(MODEL.FROZEN_GROUP_NORM needs calibrated weights)"
             )
         # Per-channel statistics through the inference-mode BatchNorm kernel: one fp32 pass, and
-        # faster than x * scale + shift in forward and backward (measured: 2 x 128 x 128^2 bf16
-        # channels-last, fwd+bwd 32 vs 48 ms on 2 cores).
+        # faster than x * scale + shift in forward and backward (BENCHMARKS.md "Figures behind the code").
         per_group = self.num_channels // self.num_groups
         return nn.functional.batch_norm(
             x, self.group_mean.repeat_interleave(per_group), self.group_var.repeat_interleave(per_group),

@@ -6,14 +6,14 @@ torchvision's CPU RoIAlign runs on one thread, forward and backward, while the c
 around it use every core. :class:`ThreadedROIAlign` splits the RoIs into one chunk a thread
 (torchvision's kernel releases the GIL) and, in the backward pass, sums the chunks' gradients.
 Every output value is computed by the same kernel from the same inputs, so forward outputs are
-bitwise identical; gradients differ only in summation order. Measured on 2 cores, 3,000 RoIs at
-7 x 7 on a [1, 128, 256, 256] map: 185 ms on one thread, 129 ms on two.
+bitwise identical; gradients differ only in summation order (speed: BENCHMARKS.md "Figures
+behind the code").
 
 RoIAlign runs in float32 on contiguous (NCHW) input: under autocast torchvision casts its input to
 float32, and its CPU kernel makes it contiguous, for every call, so a bfloat16 channels-last model
 copied its whole stride-4 feature map at each of the mask head's chunks (14 copies of
-[1, 128, 256, 256] a 1000 x 1000 image, 0.29 s). :func:`roi_features` makes that copy once, before
-the RoI heads.
+[1, 128, 256, 256] a 1000 x 1000 image). :func:`roi_features` makes that copy once, before the RoI
+heads.
 """
 from typing import Dict
 

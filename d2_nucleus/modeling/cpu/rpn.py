@@ -7,7 +7,7 @@ Detectron2's RPN keeps the top ``PRE_NMS_TOPK_TEST`` proposals of each level (6,
 configs: images hold up to ~2,000 nuclei) and suppresses each level's separately
 (``batched_nms`` with the level as the class; torchvision's single-threaded CPU kernel), then keeps
 the ``POST_NMS_TOPK_TEST`` best of all levels. After the C++ RoI kernels that NMS was the largest
-item left on a 2-core CPU: 0.11 s of 0.63 s for a dense 1000 x 1000 image, over ~22,000 boxes.
+item left on a 2-core CPU (~22,000 boxes for a dense 1000 x 1000 image; BENCHMARKS.md "C++ kernels").
 :class:`NucleusRPN` runs Detectron2's own ``find_top_rpn_proposals`` on each level in a thread,
 then merges the levels' proposals by objectness (a stable sort: levels in order on ties) and keeps
 the best ``POST_NMS_TOPK_TEST``: the proposals each level keeps are exactly Detectron2's, and the
