@@ -37,6 +37,7 @@ import argparse
 import csv
 import glob
 import json
+import logging
 import os
 import platform
 import re
@@ -330,8 +331,9 @@ class Run:
         out = os.path.join(self.work, name)
         amp = amp and self.cuda()  # Detectron2's AMPTrainer needs CUDA; the dry run trains in fp32
         opts = self.train_opts(batch, iters, r["workers"], r["warmup"], amp, out)
+        # training stops early (and saves its model) 20 s before the step's time is up
         res = self.child("train", {"config": config, "opts": opts, "data_root": os.path.join(self.work, "prepared"),
-                                   "skip": min(r["skip"], iters - 1)}, deadline)
+                                   "skip": min(r["skip"], iters - 1), "stop_at": deadline - 20}, deadline)
         res["checks"] = {"losses_finite": res["losses_finite"]}
         if loss_check and self.p["loss_check"]:
             res["checks"]["loss_falls"] = res["loss_falls"]
@@ -623,13 +625,29 @@ def child_train(spec):
             sync()
             self.times.append(time.perf_counter() - self.t0)
 
+    class TimeUp(Exception):
+        pass
+
+    class TimeLimit(HookBase):
+        """Ends training after the iteration that passes ``stop_at`` (the model is saved below)."""
+
+        def after_step(self):
+            if self.trainer.iter + 1 < self.trainer.max_iter and time.time() > spec["stop_at"]:
+                logging.getLogger("detectron2").warning("gpu_check: the step's time is up; training ends here")
+                raise TimeUp()
+
     clock = Clock()
     trainer = NucleusTrainer(cfg)
-    trainer.register_hooks([clock])
+    trainer.register_hooks([clock, TimeLimit()])
     trainer.resume_or_load(resume=False)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer.train()
+    stopped = False
+    try:
+        trainer.train()
+    except TimeUp:
+        stopped = True
+        trainer.checkpointer.save("model_final")
     losses = [v for v, _ in trainer.storage.history("total_loss").values()]
     data_time = [v for v, _ in trainer.storage.history("data_time").values()]
     skip = spec["skip"]
@@ -640,6 +658,7 @@ def child_train(spec):
     res = {
         "config": spec["config"], "device": cfg.MODEL.DEVICE, "amp": bool(cfg.SOLVER.AMP.ENABLED),
         "trainer": type(inner).__name__, "batch": cfg.SOLVER.IMS_PER_BATCH, "iters": len(clock.times),
+        "max_iter": cfg.SOLVER.MAX_ITER, "stopped_by_time_limit": stopped,
         "timed_iters": len(times), "crop": list(cfg.INPUT.CROP.SIZE), "min_size_train": list(cfg.INPUT.MIN_SIZE_TRAIN),
         "s_per_iter": float(np.median(times)), "s_per_iter_mean": float(np.mean(times)),
         "images_per_s": cfg.SOLVER.IMS_PER_BATCH / float(np.median(times)),
