@@ -115,7 +115,11 @@ ENV_MODULES = ["torch", "torchvision", "detectron2", "d2_nucleus.modeling", "d2_
 
 
 class StepError(RuntimeError):
-    pass
+    """A failed step; ``figures`` are what it measured all the same (recorded with the error)."""
+
+    def __init__(self, message, figures=None):
+        super().__init__(message)
+        self.figures = figures or {}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -150,8 +154,10 @@ class GpuSampler:
         if not s:
             return {"samples": 0}
         utils = sorted(x[1] for x in s)
-        return {"samples": len(s), "util_mean_pct": sum(utils) / len(utils), "util_median_pct": utils[len(utils) // 2],
-                "util_busy_fraction": sum(u > 0 for u in utils) / len(utils), "memory_used_max_mib": max(x[2] for x in s)}
+        return {"samples": len(s), "util_mean_pct": sum(utils) / len(utils),
+                "util_median_pct": utils[len(utils) // 2],
+                "util_busy_fraction": sum(u > 0 for u in utils) / len(utils),
+                "memory_used_max_mib": max(x[2] for x in s)}
 
     def close(self, csv_path):
         if self.proc is None:
@@ -243,7 +249,8 @@ class Run:
             finally:
                 self.current = None
         if rc != 0:
-            raise StepError(f"{' '.join(os.path.basename(c) for c in cmd[1:3])} exited {rc}: {self._last_error(offset)}")
+            what = " ".join(os.path.basename(c) for c in cmd[1:3])
+            raise StepError(f"{what} exited {rc}: {self._last_error(offset)}")
         return offset
 
     def _last_error(self, offset):
@@ -283,7 +290,7 @@ class Run:
                 rec = {"ok": True, "error": None, **figures}
             except Exception as e:
                 msg = " ".join(str(e).split()) or type(e).__name__
-                rec = {"ok": False, "error": f"{type(e).__name__}: {msg}"[:600]}
+                rec = {**getattr(e, "figures", {}), "ok": False, "error": f"{type(e).__name__}: {msg}"[:600]}
                 with open(self.log_path, "a") as f:
                     f.write(traceback.format_exc())
             rec["seconds"] = round(time.time() - t0, 2)
@@ -314,8 +321,10 @@ class Run:
             res["checks"]["cuda_available"] = bool(res["cuda_available"])
             if not res["cuda_available"]:
                 self.stop_reason = "torch sees no CUDA device"
-        if res["missing_modules"]:
-            raise StepError(f"cannot import {res['missing_modules']}")
+        if {"torch", "detectron2", "d2_nucleus.engine"} & set(res["missing_modules"]):
+            self.stop_reason = f"cannot import {sorted(res['missing_modules'])}"
+        if res["missing_modules"]:  # e.g. openslide or dask alone: the steps that need them fail, the others run
+            raise StepError(f"cannot import {res['missing_modules']}", res)
         return res
 
     def s_data(self, deadline):
@@ -351,7 +360,8 @@ class Run:
         def fn(deadline):
             iters = r["iters"][batch] if amp else r["fp32_iters"]
             name = f"train_r50_b{batch}" + ("" if amp else "_fp32")
-            res = self._train(deadline, R50, name, batch, iters, r, amp=amp, loss_check=amp and batch == max(r["iters"]))
+            res = self._train(deadline, R50, name, batch, iters, r, amp=amp,
+                              loss_check=amp and batch == max(r["iters"]))
             if not amp:
                 amp_run = self.result["steps"].get(f"train_r50_b{batch}", {})
                 if amp_run.get("ok") and amp_run.get("amp"):
@@ -369,7 +379,8 @@ class Run:
         out = os.path.join(self.work, "eval_only")
         self.tool("train_net", "--config-file", R18, "--data-root", os.path.join(self.work, "prepared"), "--eval-only",
                   "MODEL.WEIGHTS", self.weights("train_r18"), "MODEL.DEVICE", self.device, "SOLVER.CPU_BF16", "False",
-                  "DATASETS.TEST", '("nucleus_val",)', "DATALOADER.NUM_WORKERS", "2" if self.cuda() else "0", "OUTPUT_DIR", out,
+                  "DATASETS.TEST", '("nucleus_val",)', "DATALOADER.NUM_WORKERS", "2" if self.cuda() else "0",
+                  "OUTPUT_DIR", out,
                   *self.p["test_opts"], deadline=deadline)
         with open(os.path.join(out, "inference", "nucleus_val", "nucleus_metrics.json")) as f:
             metrics = json.load(f)
@@ -453,7 +464,8 @@ class Run:
         tissue_mpx = sm["tissue_mm2"] / (MPP * MPP)  # mm² -> µm² (x1e6) -> px (/mpp²) -> Mpx (/1e6)
         keys = ("tiles", "tiles_run", "nuclei", "tissue_mm2", "seconds", "seconds_read", "seconds_model",
                 "seconds_stitch", "seconds_measure", "level", "working_mpp")
-        return {"slide_side_px": s["side"], "batch_size": s["batch"], "write_seconds": write_s, "cli_wall_seconds": wall,
+        return {"slide_side_px": s["side"], "batch_size": s["batch"], "write_seconds": write_s,
+                "cli_wall_seconds": wall,
                 **{k: sm.get(k) for k in keys}, "tissue_megapixels": tissue_mpx,
                 "tiles_per_s": sm["tiles_run"] / sm["seconds"], "tissue_megapixels_per_s": tissue_mpx / sm["seconds"],
                 "s_per_mm2": sm["seconds"] / sm["tissue_mm2"] if sm["tissue_mm2"] else None,
@@ -472,7 +484,8 @@ class Run:
         with open(os.path.join(out, "cluster_report.csv")) as f:
             rows = list(csv.DictReader(f))
         done = [r for r in rows if r["status"] == "done"]
-        return {"slides": len(rows), "done": len(done), "wall_seconds": wall, "slides_per_hour": 3600 * len(done) / wall,
+        return {"slides": len(rows), "done": len(done), "wall_seconds": wall,
+                "slides_per_hour": 3600 * len(done) / wall,
                 "slide_seconds": [float(r["seconds"]) for r in done], "workers": sorted({r["worker"] for r in done}),
                 "checks": {"all_done": len(done) == len(rows)}}
 
@@ -495,8 +508,8 @@ class Run:
                                                    summary[-1] if summary else "")}
         res = {"files": self.p["tests"], "pytest_seconds": time.time() - t0, **counts}
         if error:
-            failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
-            raise StepError(f"{error}; {counts}; {failed[:10]}")
+            res["failed_tests"] = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+            raise StepError(f"{error}; {counts}", res)
         return res
 
     def main(self):
@@ -590,8 +603,8 @@ def child_env(spec):
         res["multiprocessors"] = props.multi_processor_count
     smi = shutil.which("nvidia-smi")
     if smi:
-        res["nvidia_smi"] = subprocess.run([smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=30).stdout.strip()
+        query = [smi, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+        res["nvidia_smi"] = subprocess.run(query, capture_output=True, text=True, timeout=30).stdout.strip()
     return res
 
 

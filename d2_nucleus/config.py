@@ -268,7 +268,9 @@ def check_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise RuntimeError(f"device {device!r} is not one torch knows ({_one_line(e)}); use cpu, cuda or cuda:N") from None
+        raise RuntimeError(
+            f"device {device!r} is not one torch knows ({_one_line(e)}); use cpu, cuda or cuda:N"
+        ) from None
     if dev.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
