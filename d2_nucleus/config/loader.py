@@ -16,8 +16,8 @@ from .defaults import add_nucleus_config
 from .legacy import translate_legacy_dict, translate_legacy_list
 from .slide import add_slide_config
 
-__all__ = ["ConfigError", "add_all_config", "get_inference_cfg", "get_nucleus_cfg", "merge_config_file",
-           "merge_config_list"]
+__all__ = ["ConfigError", "add_all_config", "check_device", "get_inference_cfg", "get_nucleus_cfg",
+           "merge_config_file", "merge_config_list"]
 
 
 class ConfigError(ValueError):
@@ -161,3 +161,30 @@ def get_inference_cfg(config_file, opts=None, weights=None, device=None):
     if device is not None:
         cfg.MODEL.DEVICE = device
     return cfg
+
+
+def check_device(device: str) -> str:
+    """
+    ``device`` if this process can put a model there; otherwise a one-line :class:`RuntimeError`
+    (``--device cuda`` without CUDA, ``cuda:3`` on a machine with fewer GPUs, a misspelt name).
+    Called where a model is built (:class:`d2_nucleus.engine.NucleusPredictor`), not where a config
+    is made: a Dask client on a machine without GPUs passes ``cuda`` on to its GPU workers.
+    """
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise RuntimeError(
+            f"device {device!r} is not one torch knows ({_one_line(e)}); use cpu, cuda or cuda:N"
+        ) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise RuntimeError(
+                f"device {device!r}: CUDA is not available here (torch {torch.__version__}"
+                f"{'' if torch.version.cuda else ', a build without CUDA'}, no GPU visible); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= count:
+            raise RuntimeError(f"device {device!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device

@@ -22,7 +22,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
 from ..compat import NucleusCheckpointer, WeightsNotFoundError
-from ..config import input_resize_factor
+from ..config import check_device, input_resize_factor
 from ..data.dataset_mapper import build_nucleus_augmentation
 from ..evaluation.coco_results import instance_rles
 from ..modeling import NucleusRCNNWithTTA, RLEList
@@ -49,8 +49,10 @@ class NucleusPredictor:
 
         Raises:
             WeightsNotFoundError: ``MODEL.WEIGHTS`` is empty or not a file.
+            RuntimeError: ``MODEL.DEVICE`` is not usable here (e.g. ``cuda`` without CUDA).
         """
         self.cfg = cfg = cfg.clone()
+        check_device(cfg.MODEL.DEVICE)
         weights = cfg.MODEL.WEIGHTS
         if not weights:
             raise WeightsNotFoundError(
