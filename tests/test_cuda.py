@@ -195,7 +195,7 @@ def test_amp_training_and_evaluation_on_cuda(config, synthetic_prepared, tmp_pat
 def test_predictor_on_cuda_matches_cpu(synthetic_raw, tmp_path):
     """The same weights on CUDA and on the CPU: the same detections, within TF32's rounding."""
     from d2_nucleus.engine import NucleusPredictor
-    from d2_nucleus.engine.predictor import read_image
+    from d2_nucleus.data.image_io import read_image
     from d2_nucleus.evaluation.coco_results import instances_to_coco_json
 
     sys.path.insert(0, os.path.join(ROOT, "bench"))
