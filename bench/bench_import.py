@@ -108,7 +108,7 @@ def _import(fmt, inputs, out, target, images=None):
     def run():
         shutil.rmtree(out, ignore_errors=True)
         import_annotations(fmt, inputs, out, target_mpp=target, images=images, default_mpp=0.25, ratio=0.0,
-                           progress=False)
+                           tolerance=0.1, progress=False)  # the CLI's default (SLIDE.MPP_TOLERANCE)
     return run
 
 

@@ -110,7 +110,7 @@ def _mosaic_slide(path, images, cols, gap, margin):
 def _predictor(args, opts=(), slide=False):
     """The model as tools/predict.py runs it, or with ``slide`` as tools/segment_slides.py does."""
     from d2_nucleus.engine import NucleusPredictor
-    from d2_nucleus.slide.config import set_slide_score_threshold
+    from d2_nucleus.config import set_slide_score_threshold
 
     cfg = get_nucleus_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *opts])
     if slide:

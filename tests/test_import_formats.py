@@ -19,6 +19,7 @@ from import_data import (imported_label_maps, match, outlines_of, qupath_feature
 
 def _run(fmt, inputs, out, **kw):
     kw.setdefault("target_mpp", 0.25)
+    kw.setdefault("tolerance", 0.1)  # the CLI's default: the config's SLIDE.MPP_TOLERANCE
     kw.setdefault("ratio", 0.0)
     return import_annotations(fmt, inputs, str(out), progress=False, **kw)
 

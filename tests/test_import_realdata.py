@@ -33,7 +33,7 @@ def xml_import(shared_data, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("xml") / "prepared")
     report = import_annotations("aperio-xml", [os.path.join(shared_data, "monuseg_xml")], out, target_mpp=0.25,
                                 images=os.path.join(shared_data, "dataset", "train"), default_mpp=0.25,
-                                progress=False)
+                                tolerance=0.1, progress=False)  # 0.2468-0.2527 um/px: not resampled
     return out, report
 
 

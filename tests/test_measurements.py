@@ -17,7 +17,7 @@ from d2_nucleus.measurements.figure import write_distributions
 from d2_nucleus.measurements.outputs import MeasurementWriter
 from d2_nucleus.measurements.qupath import qupath_measurements
 from d2_nucleus.measurements.stain import RUIFROK_JOHNSTON, stain_conversion
-from d2_nucleus.measurements.summary import summarize, summarize_table
+from d2_nucleus.measurements.summary import read_summary_columns, summarize
 from d2_nucleus.utils import rle as rle_util
 
 TOL = 1e-6  # every measurement, the perimeter included, matches regionprops to ~1e-13
@@ -256,7 +256,8 @@ def test_measurement_writer_outputs(tmp_path):
         np.testing.assert_array_equal(table[name].to_numpy(zero_copy_only=False), values)
     summary = json.load(open(tmp_path / "m" / "img.summary.json"))
     assert summary["count"] == len(masks) and summary["stain"] == "macenko" and len(summary["stain_vectors"]) == 3
-    assert summarize_table(str(tmp_path / "m" / "img.parquet"), mpp=0.25)["measurements"] == summary["measurements"]
+    columns, count = read_summary_columns(str(tmp_path / "m" / "img.parquet"))
+    assert summarize(columns, mpp=0.25, count=count)["measurements"] == summary["measurements"]
     with pytest.raises(FileExistsError):
         writer.check(["img"])
     with pytest.raises(ValueError, match="stain"):

@@ -19,14 +19,10 @@ from detectron2.modeling import build_model
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.synthetic import render_nuclei_image
-from d2_nucleus.engine.predictor import BadImageError, list_inputs, read_image
-from d2_nucleus.export import (
-    OutputExistsError,
-    atomic_write,
-    check_writable,
-    rles_to_geojson,
-    write_label_map,
-)
+from d2_nucleus.data.image_io import BadImageError, read_image
+from d2_nucleus.engine.inputs import list_inputs
+from d2_nucleus.export import rles_to_geojson, write_label_map
+from d2_nucleus.utils.file_io import OutputExistsError, atomic_write, check_writable
 from d2_nucleus.modeling import NucleusRCNNWithTTA
 from weights import save_untrained_weights
 from d2_nucleus.utils.label_map import rles_to_label_map

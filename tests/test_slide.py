@@ -211,12 +211,14 @@ def test_batches_hold_tiles_of_one_size():
 
 def test_slide_cli_detector_threshold_is_the_kept_score():
     """Slide mode computes masks only for the nuclei it keeps (score >= its threshold)."""
+    from d2_nucleus.slide.options import slide_cfg_from_args
+
     cli = load_tool("segment_slides")
     base = ["--config-file", DEMO_CONFIG, "--weights", "x.pth", "s.svs", "--out", "o", "--device", "cpu"]
-    cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
+    cfg = slide_cfg_from_args(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(0.3)
     for value in ("0.7", "0.0"):
-        cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--score-thresh", value]))
+        cfg = slide_cfg_from_args(cli.get_parser().parse_args(base + ["--score-thresh", value]))
         assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(float(value))
 
 
@@ -305,16 +307,16 @@ def test_small_overlap_reports_cut_nuclei(label_slide, tmp_path):
 # -------------------------------------------------------------------------------------------------
 def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_path):
     path, _ = label_slide
-    cfg = _cfg("SLIDE.BATCH_SIZE", "2")
+    cfg = _cfg("SLIDE.BATCH_SIZE", "2", "SLIDE.CSV", "True")
     full = str(tmp_path / "full")
     uninterrupted = LabelSegmenter()
-    segment_slide(uninterrupted, cfg, path, full, csv=True, progress=False)
+    segment_slide(uninterrupted, cfg, path, full, progress=False)
     # batches of up to 2 tiles of one size (edge tiles are smaller: never padded to a full tile)
     assert all(len(b) <= 2 and len(set(b)) == 1 for b in uninterrupted.batches)
     assert any(len(b) == 2 for b in uninterrupted.batches) and any(len(b) == 1 for b in uninterrupted.batches)
     out = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, csv=True, progress=False)
+        segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, progress=False)
     # nothing final, the done tiles recorded
     assert sorted(os.listdir(out)) == [".labels.work"]
     done_tiles = os.listdir(os.path.join(out, ".labels.work", "tiles"))
@@ -325,7 +327,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_pat
         done = json.load(f)
     assert len(done["measurements"]["perimeter_px"]) == len(done["nuclei"]) > 0
     model = LabelSegmenter()
-    summary = segment_slide(model, cfg, path, out, csv=True, progress=False)
+    summary = segment_slide(model, cfg, path, out, progress=False)
     # the resumed run forms the uninterrupted run's remaining batches
     assert summary["resumed_tiles"] == n_done and model.batches == uninterrupted.batches[3:]
     for name in ("labels.geojson", "labels.csv"):
@@ -430,7 +432,7 @@ def test_user_tissue_mask_and_list_slides(label_slide, tmp_path):
     mask_path = str(tmp_path / "mask.png")
     cv2.imwrite(mask_path, mask)
     full = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "all"), progress=False)
-    half = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "half"), tissue_mask=mask_path,
+    half = segment_slide(LabelSegmenter(), _cfg("SLIDE.TISSUE.MASK", mask_path), path, str(tmp_path / "half"),
                          progress=False)
     assert half["tissue"] == f"mask {mask_path}" and half["tiles_run"] < full["tiles_run"]
     assert half["tissue_mm2"] == pytest.approx(full["tissue_mm2"] / 2, rel=0.05)

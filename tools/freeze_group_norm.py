@@ -45,12 +45,14 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_warnings()
     from d2_nucleus.config import get_inference_cfg
+    from d2_nucleus.modeling.cpu.malloc import tune_process
     from d2_nucleus.engine.group_norm_calibration import freeze_group_norms, frozen_output_paths, write_frozen_model
 
     try:
         if args.num_images < 0:
             raise ValueError(f"--num-images must be >= 0, got {args.num_images}")
         cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
+        tune_process(cfg)
         if args.data_root:
             cfg.NUCLEUS.DATA_ROOT = args.data_root
         # Before the model runs: a bad output name, or outputs that exist, are refused now.

@@ -8,7 +8,7 @@ model's resolution (see d2_nucleus.data.importing and README "Training on your o
   python tools/import_annotations.py --format label-image DIR_OR_LABELS...  --out PREPARED [--default-mpp 0.5]
   python tools/import_annotations.py --format coco        COCO_JSON...      --out PREPARED [--images DIR]
 
-      [--mpp X] [--target-mpp X | --config-file CFG] [--mpp-tolerance 0.02] [--class NAME ...]
+      [--mpp X] [--target-mpp X] [--config-file CFG] [--mpp-tolerance 0.1] [--class NAME ...]
       [--ratio 0.2] [--seed 0] [--overwrite] [--quiet] [--max-warnings N]
 
 Bad input (a missing image, a malformed or empty file, outlines outside their image, a label image
@@ -22,7 +22,6 @@ import sys
 from d2_nucleus.data.importers import FORMATS
 from d2_nucleus.data.importing import import_annotations
 from d2_nucleus.data.raw import RawDataError
-from d2_nucleus.data.resample import MPP_TOLERANCE
 from d2_nucleus.utils.cli import error_line, quiet_known_warnings
 
 PROG = "import_annotations"
@@ -60,14 +59,16 @@ def build_parser():
     p.add_argument("--default-mpp", type=_positive, default=None, metavar="UM",
                    help="microns per pixel of the sources whose files state none (PNG, JPEG, GeoJSON, COCO, "
                         "an XML without MicronsPerPixel)")
-    target = p.add_mutually_exclusive_group()
-    target.add_argument("--target-mpp", type=_positive, default=None, metavar="UM",
-                        help="resolution to import at, in microns per pixel (default: the training data's 0.25)")
-    target.add_argument("--config-file", default=None, metavar="CFG",
-                        help="import at this model config's resolution (MODEL.PIXEL_SIZE_UM; 0 there = 0.25)")
-    p.add_argument("--mpp-tolerance", type=_ratio, default=MPP_TOLERANCE, metavar="REL",
-                   help=f"sources within this relative difference of the target are not resampled "
-                        f"(default {MPP_TOLERANCE})")
+    p.add_argument("--target-mpp", type=_positive, default=None, metavar="UM",
+                   help="resolution to import at, in microns per pixel (default: the model config's "
+                        "MODEL.PIXEL_SIZE_UM, the training data's 0.25)")
+    p.add_argument("--config-file", default=None, metavar="CFG",
+                   help="the model config whose MODEL.PIXEL_SIZE_UM is the default target and whose "
+                        "SLIDE.MPP_TOLERANCE the default --mpp-tolerance (default: the defaults, 0.25 um/px and 0.1)")
+    p.add_argument("--mpp-tolerance", type=_ratio, default=None, metavar="REL",
+                   help="sources within this relative difference of the target keep their pixels, as images of "
+                        "such a resolution are not resized for prediction (default: the config's "
+                        "SLIDE.MPP_TOLERANCE, 0.1)")
     p.add_argument("--class", dest="classes", action="append", default=None, metavar="NAME",
                    help="keep only nuclei of this source class name (QuPath classification, COCO category, "
                         "Aperio region text or layer name); repeat for several (default: all)")
@@ -81,17 +82,14 @@ def build_parser():
     return p
 
 
-def target_mpp(args) -> float:
-    """--target-mpp, else the --config-file's model resolution, else the training data's."""
-    if args.target_mpp is not None:
-        return args.target_mpp
-    from d2_nucleus.slide.config import TRAINING_DATA_MPP, model_mpp
+def resolution(args):
+    """(target mpp, tolerance): --target-mpp / --mpp-tolerance, else the config's (--config-file or the defaults)."""
+    from d2_nucleus.config import get_nucleus_cfg, model_mpp
 
-    if args.config_file is None:
-        return TRAINING_DATA_MPP
-    from d2_nucleus.config import get_nucleus_cfg
-
-    return model_mpp(get_nucleus_cfg(args.config_file))
+    cfg = get_nucleus_cfg(args.config_file)
+    target = args.target_mpp if args.target_mpp is not None else model_mpp(cfg)
+    tolerance = args.mpp_tolerance if args.mpp_tolerance is not None else float(cfg.SLIDE.MPP_TOLERANCE)
+    return target, tolerance
 
 
 def main(argv=None):
@@ -99,9 +97,10 @@ def main(argv=None):
     quiet_known_warnings()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format=f"{PROG}: %(message)s")
     try:
+        target, tolerance = resolution(args)
         report = import_annotations(
-            args.format, args.inputs, args.out, target_mpp(args), images=args.images, mpp=args.mpp, default_mpp=args.default_mpp,
-            ratio=args.ratio, seed=args.seed, classes=args.classes, tolerance=args.mpp_tolerance,
+            args.format, args.inputs, args.out, target, images=args.images, mpp=args.mpp, default_mpp=args.default_mpp,
+            ratio=args.ratio, seed=args.seed, classes=args.classes, tolerance=tolerance,
             overwrite=args.overwrite, progress=not args.quiet,
         )
     except (RawDataError, OSError, ValueError) as e:  # ValueError: ConfigError, SlideError, bad arguments

@@ -48,8 +48,9 @@ def get_parser():
     p.add_argument("--measurements-format", choices=("parquet", "csv"), default="parquet",
                    help="csv: also write <image>.csv next to the Parquet table (default: parquet)")
     p.add_argument("--mpp", type=float, default=None,
-                   help="micrometres per pixel of the images, for um / um^2 measurements "
-                   "(default: MODEL.PIXEL_SIZE_UM of the config; 0 there = pixels only)")
+                   help="micrometres per pixel of the images (default: the model's, MODEL.PIXEL_SIZE_UM): images "
+                   "at another resolution are resized to the model's for detection (outputs stay in their "
+                   "pixels), and the um / um^2 measurements use it")
     p.add_argument("--stain", choices=("ruifrok", "macenko"), default="ruifrok",
                    help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, "
                    "or estimated per image by Macenko's method (default: ruifrok)")
@@ -78,7 +79,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torch and Detectron2 are imported only now: --help and argument errors return at once.
     quiet_known_warnings()
-    from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.config import model_mpp
+    from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.modeling.cpu.malloc import tune_process
     from d2_nucleus.utils.file_io import output_transaction
 
     try:
@@ -92,10 +95,11 @@ def main(argv=None):
         if args.measurements:
             from d2_nucleus.measurements.outputs import MeasurementWriter
 
-            mpp = args.mpp if args.mpp is not None else cfg.MODEL.PIXEL_SIZE_UM
+            mpp = args.mpp if args.mpp is not None else model_mpp(cfg)
             measurements = MeasurementWriter(args.measurements, csv=args.measurements_format == "csv",
-                                             mpp=mpp or None, stain=args.stain)
+                                             mpp=mpp, stain=args.stain)
             measurements.check([it.stem for it in items], args.overwrite)
+        tune_process(cfg)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
         export_thresh = args.export_score_thresh
         if export_thresh is None:
@@ -116,6 +120,7 @@ def main(argv=None):
                 overwrite=args.overwrite,
                 progress=not args.quiet,
                 measurements=measurements,
+                mpp=args.mpp,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)

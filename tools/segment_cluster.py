@@ -13,29 +13,22 @@ and a run report (one row per slide).
 
 Running the same command again skips complete slides and resumes partial ones.
 """
+import argparse
 import importlib.util
 import logging
 import os
 import sys
 
 
-def _slide_tool():
-    """tools/segment_slides.py: its flags and config set-up are this tool's too (no copy)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segment_slides.py")
-    spec = importlib.util.spec_from_file_location("segment_slides_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def get_parser():
+    from d2_nucleus.slide.options import add_slide_arguments
 
-
-def get_parser(slide_tool=None):
-    p = (slide_tool or _slide_tool()).get_parser()
-    p.description = __doc__
-    p.prog = "segment_cluster.py"
-    for action in p._actions:
-        if action.dest == "slides":
-            action.help = ("slide or image files, folders of them, glob patterns (quoted: 'data/**/*.svs'), "
-                           "or CSV manifests with a 'path' column and an optional 'mpp' column")
+    p = argparse.ArgumentParser(prog="segment_cluster.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("slides", nargs="+", metavar="SLIDE",
+                   help="slide or image files, folders of them, glob patterns (quoted: 'data/**/*.svs'), "
+                   "or CSV manifests with a 'path' column and an optional 'mpp' column")
+    add_slide_arguments(p)
     g = p.add_argument_group("cluster")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -73,23 +66,21 @@ def _local_sizes(args, cuda: bool):
 
 
 def main(argv=None):
-    slide_tool = _slide_tool()
-    args = get_parser(slide_tool).parse_args(argv)
+    args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from d2_nucleus.slide.cluster import (
         read_manifest, segment_slides_on_cluster, start_local_cluster, write_report,
     )
+    from d2_nucleus.slide.options import slide_cfg_from_args
 
     try:
-        if args.tissue_mask and args.no_tissue_mask:
-            raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
         for flag, least in (("workers", 1), ("threads_per_worker", 1), ("retries", 0), ("worker_deaths", 0)):
             value = getattr(args, flag)
             if value is not None and value < least:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
-        cfg = slide_tool.setup_cfg(args)
+        cfg = slide_cfg_from_args(args)
         jobs = read_manifest(args.slides, args.mpp)
-        if args.tissue_mask and os.path.isfile(args.tissue_mask) and len(jobs) > 1:
+        if os.path.isfile(cfg.SLIDE.TISSUE.MASK) and len(jobs) > 1:
             raise ValueError("one --tissue-mask file for several slides; pass a folder of <slide>.png masks")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise NotADirectoryError(f"--out {args.out!r} is a file")
@@ -122,13 +113,8 @@ def main(argv=None):
         if cluster is not None and importlib.util.find_spec("bokeh") is None:
             dashboard += " (its pages need the bokeh package: pip install bokeh)"
         print(f"Dask scheduler {info['address']}, {len(info['workers'])} worker(s); dashboard: {dashboard}", flush=True)
-        rows = segment_slides_on_cluster(
-            client, cfg, jobs, os.path.abspath(args.out),
-            use_tissue=False if args.no_tissue_mask else None,
-            tissue_mask=os.path.abspath(args.tissue_mask) if args.tissue_mask else None,
-            csv=args.csv, overwrite=args.overwrite, retries=args.retries, torch_threads=threads,
-            progress=not args.quiet,
-        )
+        rows = segment_slides_on_cluster(client, cfg, jobs, os.path.abspath(args.out), overwrite=args.overwrite,
+                                         retries=args.retries, torch_threads=threads, progress=not args.quiet)
     finally:
         if client is not None:
             client.close()

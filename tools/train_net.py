@@ -25,6 +25,7 @@ from d2_nucleus.config import ConfigError, get_nucleus_cfg
 from d2_nucleus.data import register_nucleus_datasets, resolve_data_root
 from d2_nucleus.data.datasets import check_nucleus_datasets
 from d2_nucleus.engine import NucleusTrainer
+from d2_nucleus.modeling.cpu.malloc import tune_process
 from d2_nucleus.utils.cli import error_line
 from d2_nucleus.utils.file_io import OutputExistsError, check_writable_dir
 
@@ -78,6 +79,7 @@ def setup(args):
     register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
     check_nucleus_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     default_setup(cfg, args)
+    tune_process(cfg)  # glibc malloc thresholds: process-wide, so set by the entry point
     # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_nucleus")
     return cfg

@@ -39,7 +39,7 @@ from .prepare import check_prepared_out, subset_coco
 from .rasterize import instance_crops, paint_instances, rasterize, to_polygonal
 from .raw import RawDataError
 from .report import DataReport
-from .resample import MPP_TOLERANCE, check_mpp, resample_crops, resample_image, scale_factor, scale_geometry, target_size
+from .resample import check_mpp, resample_crops, resample_image, scale_factor, scale_geometry, target_size
 from .split import split_dict
 
 __all__ = ["import_annotations", "source_mpp", "convert_source", "SLIDE_MARGIN"]
@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Level-0 pixels of a slide read around the box of its annotated nuclei.
 SLIDE_MARGIN = 32
+#: An annotation file and its image whose resolutions differ by more than this are reported.
+MPP_DISAGREEMENT = 0.02
 
 
 def source_mpp(src: SourceImage, image: ImageFile, mpp: Optional[float], report: DataReport,
@@ -56,14 +58,14 @@ def source_mpp(src: SourceImage, image: ImageFile, mpp: Optional[float], report:
     The source's microns per pixel and where it came from: ``mpp`` (``--mpp``), else the
     annotation file's (Aperio ``MicronsPerPixel``, a label TIFF's tags), else the image's metadata
     (slide properties, TIFF tags), else ``default_mpp`` (``--default-mpp``). A disagreement of the
-    file's and the image's beyond :data:`MPP_TOLERANCE` is reported. Raises RawDataError when
+    file's and the image's beyond :data:`MPP_DISAGREEMENT` is reported. Raises RawDataError when
     none is known.
     """
     if mpp is not None:
         return float(mpp), "--mpp"
     if src.mpp is not None:
         value = check_mpp(src.mpp, f"{src.annotation_file}: {src.mpp_from}")
-        if image.mpp is not None and abs(image.mpp / value - 1) > MPP_TOLERANCE:
+        if image.mpp is not None and abs(image.mpp / value - 1) > MPP_DISAGREEMENT:
             report.warn("mpp", f"{src.annotation_file}: {src.mpp_from} says {value:g} um/px, its image "
                                f"{image.path} {image.mpp:g}; using {value:g} (pass --mpp to choose)")
         return value, src.mpp_from
@@ -111,7 +113,7 @@ def _skip_many(report: DataReport, reason: str, n: int, message: str) -> None:
 
 
 def convert_source(src: SourceImage, image_id: int, target_mpp: float, mpp: Optional[float] = None,
-                   tolerance: float = MPP_TOLERANCE, classes: Optional[Sequence[str]] = None,
+                   tolerance: float = 0.0, classes: Optional[Sequence[str]] = None,
                    default_mpp: Optional[float] = None):
     """
     One image -> (RGB pixels at the target resolution, COCO image entry, its annotations, its
@@ -243,7 +245,7 @@ def import_annotations(
     ratio: float = 0.2,
     seed: int = 0,
     classes: Optional[Sequence[str]] = None,
-    tolerance: float = MPP_TOLERANCE,
+    tolerance: float = 0.0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> DataReport:
@@ -259,7 +261,8 @@ def import_annotations(
         default_mpp: the resolution of sources whose files (annotation, image) state none.
         ratio, seed: the val share and split seed (:func:`.split.split_image_ids`).
         classes: keep only nuclei of these source class names (None: all).
-        tolerance: sources within this relative difference of ``target_mpp`` are not resampled.
+        tolerance: sources within this relative difference of ``target_mpp`` are not resampled
+            (tools/import_annotations.py: the config's ``SLIDE.MPP_TOLERANCE``; 0: every source is).
         overwrite: replace an existing prepared layout at ``out``.
 
     Raises:

@@ -169,8 +169,8 @@ def coco_dict(images: List[Dict], annotations: List[Dict], description: str = ""
 
 def _mp_context():
     """
-    "fork" on Linux: workers start at once, without re-importing torch and Detectron2 (~3 s
-    a process). They only decode PNGs and encode masks (zlib, NumPy, pycocotools, single-threaded
+    "fork" on Linux: workers start at once, without re-importing torch and Detectron2 (seconds a
+    process). They only decode PNGs and encode masks (zlib, NumPy, pycocotools, single-threaded
     OpenCV calls), so the threads the parent may hold cannot deadlock them; notably they must not
     reconfigure OpenCV's thread pool (cv2.setNumThreads), which hangs after a fork.
     """

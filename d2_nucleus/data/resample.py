@@ -4,8 +4,10 @@ Resolution of imported annotations: the source's microns per pixel (mpp), the fa
 model's, and the one resampler of images, instance masks and outlines to the target grid.
 
 * ``factor = source_mpp / target_mpp``: a 40x source (0.25 um/px) imported at 0.5 um/px is halved
-  (0.5), a 20x source (0.5 um/px) for the 0.25 um/px model is doubled (2). A source within
-  :data:`MPP_TOLERANCE` (relative) of the target keeps its pixels (factor 1).
+  (0.5), a 20x source (0.5 um/px) for the 0.25 um/px model is doubled (2). A source within a
+  tolerance of the target keeps its pixels (factor 1): the rule of ``config.input_resize_factor``
+  (prediction) and of the slide pipeline's level choice, whose tolerance is the config's
+  ``SLIDE.MPP_TOLERANCE`` (tools/import_annotations.py passes it; this module reads no config).
 * The target image is ``round(W * factor) x round(H * factor)`` px; target pixel (u, v) covers
   the source square [u / sx, (u + 1) / sx) x [v / sy, (v + 1) / sy), with ``sx``, ``sy`` the exact
   per-axis ratios of the sizes (so images, masks and outlines share one grid).
@@ -27,7 +29,6 @@ import numpy as np
 from .rasterize import Crop, instance_crops
 
 __all__ = [
-    "MPP_TOLERANCE",
     "MIN_MPP",
     "MAX_MPP",
     "check_mpp",
@@ -38,9 +39,6 @@ __all__ = [
     "scale_geometry",
 ]
 
-#: Sources whose mpp is within this relative difference of the target are not resampled (nucleus
-#: sizes vary far more between scanners and patients; 0.2527 um/px MoNuSeg is 1.1% off 0.25).
-MPP_TOLERANCE = 0.02
 #: Plausible microscope resolutions (um/px); a TIFF's 72 dpi default (352.8 um/px) is not one.
 MIN_MPP, MAX_MPP = 0.05, 20.0
 
@@ -56,7 +54,7 @@ def check_mpp(value, what: str) -> float:
     return mpp
 
 
-def scale_factor(source_mpp: float, target_mpp: float, tolerance: float = MPP_TOLERANCE) -> float:
+def scale_factor(source_mpp: float, target_mpp: float, tolerance: float = 0.0) -> float:
     """Source pixels -> target pixels: ``source_mpp / target_mpp``, or 1 within ``tolerance``."""
     factor = float(source_mpp) / float(target_mpp)
     return 1.0 if abs(factor - 1.0) <= tolerance else factor

@@ -10,6 +10,5 @@ _LAZY = {
     ".predictor": ("NucleusPredictor",),
     ".inputs": ("IMAGE_EXTENSIONS", "ImageItem", "list_inputs"),
     ".prediction": ("PredictionSummary", "check_outputs", "run_prediction"),
-    "..data.image_io": ("BadImageError", "read_image"),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

@@ -91,6 +91,7 @@ def run_prediction(
     category_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
     measurements=None,
+    mpp: Optional[float] = None,
 ) -> PredictionSummary:
     """
     Predict ``items`` and write the results.
@@ -110,6 +111,8 @@ def run_prediction(
         measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: per-image
             measurement table, summary and figure of the exported detections (also put into
             the GeoJSON's measurements).
+        mpp: the images' resolution in um/px (None: the model's); images at another resolution
+            are resized to the model's for detection, outputs stay in their pixels.
 
     Every file is complete or absent: each is written to a temporary file and renamed, and
     answer.json / answer.zip are written only after all images succeed. Existing outputs
@@ -152,7 +155,7 @@ def run_prediction(
             images.append(image)
         if not batch:
             continue
-        for item, image, instances in zip(batch, images, predictor(images)):
+        for item, image, instances in zip(batch, images, predictor(images, mpp=mpp)):
             if len(instances) >= cap:
                 logger.warning(
                     "%s: %d detections, the TEST.DETECTIONS_PER_IMAGE cap (--max-dets); more nuclei "

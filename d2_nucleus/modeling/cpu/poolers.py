@@ -5,22 +5,17 @@ The RoI heads' pooler on CPU: every level in one call of a channels-last C++ RoI
 Detectron2's :class:`ROIPooler` runs torchvision's RoIAlign once a pyramid level; on CPU that
 kernel reads float32 NCHW maps (so a bfloat16 channels-last model's maps are copied for it:
 ``roi_align.roi_features``) and computes one channel at a time with scalar code. The RoI heads'
-two poolers were a quarter of the CPU inference time (2-core machine, one dense 1000 x 1000 image:
-box pooler 0.12 s for 3,000 proposals, mask pooler 0.13 s for ~1,000 detections).
+two poolers were a quarter of the CPU inference time (BENCHMARKS.md "C++ kernels").
 :class:`NucleusROIPooler` instead calls ``torch.ops.d2_nucleus.roi_align_nhwc``
 (``csrc/roi_align_nhwc.cpp``, built by :mod:`.native`), which reads the channels-last maps as they
 are, float32 or bfloat16, applies each sample's bilinear weights to all channels at once and writes
-channels-last output for the heads' convolutions: 82 -> 7 ms on 3,000 7 x 7 RoIs of a bf16
-[1, 128, 250, 250] map against torchvision's kernel on 2 threads (BENCHMARKS.md, "CPU speed
-options"). Its float32 values equal torchvision's bit for bit
+channels-last output for the heads' convolutions (BENCHMARKS.md "C++ kernels"). Its float32 values equal torchvision's bit for bit
 (``tests/test_native_roi_align.py``); under bfloat16 autocast it writes bfloat16, the values the
 heads' first layer casts torchvision's float32 output to.
 
 In training its backward, ``roi_align_nhwc_backward``, adds each RoI's gradient to the
 channels-last maps with threads taking blocks of channels, in torchvision's order: the same
-gradients as torchvision's single-threaded backward, bit for bit (1,024 7 x 7 RoIs on a
-[2, 128, 128, 128] map, 2 cores: 10 ms, where torchvision's forward + backward on 2 threads took
-145 ms).
+gradients as torchvision's single-threaded backward, bit for bit.
 
 It is used on CPU with an ``ROIAlign`` pooler (``ROIAlignV2`` or ``ROIAlign``) and the kernels
 built; CUDA, other pooler types and no compiler run Detectron2's :class:`ROIPooler` as it is.
@@ -35,6 +30,7 @@ from detectron2.layers import ROIAlign
 from detectron2.modeling.poolers import ROIPooler, assign_boxes_to_levels, convert_boxes_to_pooler_format
 from detectron2.structures import Boxes
 
+from ..module_swap import swap_module_class
 from .native import native_ops
 
 __all__ = ["NucleusROIPooler", "convert_poolers", "native_pooling"]
@@ -98,9 +94,4 @@ class NucleusROIPooler(ROIPooler):
 
 def convert_poolers(module: nn.Module) -> int:
     """Make every :class:`ROIPooler` in ``module`` a :class:`NucleusROIPooler` (same submodules). Returns how many."""
-    n = 0
-    for m in module.modules():
-        if type(m) is ROIPooler:
-            m.__class__ = NucleusROIPooler
-            n += 1
-    return n
+    return swap_module_class(module, ROIPooler, NucleusROIPooler)

@@ -4,18 +4,8 @@ GroupNorm that takes PyTorch's fast CPU kernel for the tensors it meets in a cha
 
 PyTorch's CPU GroupNorm kernel for channels-last inputs is fast on feature maps (few images, large
 H x W) and slow on RoI batches (hundreds of RoIs, H x W of 7 x 7 or 14 x 14); the contiguous (NCHW)
-kernel is the other way round. Measured on 2 cores (bf16, 32 groups, 128 channels, forward /
-forward + backward in ms; bench/bench_cpu_speed.py has the whole model):
-
-==================  ====================  =============================
-input               channels-last kernel  NCHW kernel (with both copies)
-==================  ====================  =============================
-[256, 128, 14, 14]  24.2 / -               1.6 / -
-[512, 128, 7, 7]    11.3 / 24.4            2.9 / 10.8
-[64, 128, 14, 14]   5.4 / 12.3             1.4 / 4.5
-[2, 128, 64, 64]    0.3 / 5.1              1.3 / 3.9
-[1, 128, 256, 256]  2.1 / 42.9             29.6 / 73.7
-==================  ====================  =============================
+kernel is the other way round (the crossover lies between 14 x 14 and 64 x 64 a channel; the
+measurements are in BENCHMARKS.md "Figures behind the code").
 
 :class:`NucleusGroupNorm` so runs channels-last inputs of at most ``SMALL_HW`` pixels a channel
 through the NCHW kernel and hands the result back channels-last (the next convolution wants it),
@@ -26,10 +16,7 @@ Where d2_nucleus's C++ kernels are built (:mod:`.native`; ``native``), channels-
 instead go through ``torch.ops.d2_nucleus.group_norm_nhwc`` (``csrc/group_norm_nhwc.cpp``):
 channels-last in and out, no layout copy, the ReLU that follows the norm in the RoI heads' conv
 layers fused in (:func:`fuse_group_norm_relus`), and in training its own backward (PyTorch's
-channels-last backward is the slow one on feature maps). Measured on 2 cores, bf16: GroupNorm +
-ReLU at inference [256, 128, 14, 14] 4.9 -> 1.3-1.5 ms, [3000, 128, 7, 7] 22.7 -> 5-6 ms; forward +
-backward [1, 128, 256, 256] 33.5 -> 5.2 ms, [2, 64, 128, 128] 14.6 -> 1.3 ms (BENCHMARKS.md "CPU
-speed options"). Float32 statistics: values within 1e-5 of float32 ``F.group_norm``, gradients
+channels-last backward is the slow one on feature maps; BENCHMARKS.md "C++ kernels"). Float32 statistics: values within 1e-5 of float32 ``F.group_norm``, gradients
 too (``tests/test_cpu_speed.py``).
 """
 import torch
@@ -37,12 +24,13 @@ from torch import nn
 
 from detectron2.layers import Conv2d
 
+from ..module_swap import replace_modules, swap_module_class
 from .native import native_ops
 
 __all__ = ["NucleusGroupNorm", "convert_group_norms", "fuse_group_norm_relus"]
 
 # Largest H x W a channel that takes the NCHW kernel: 32 x 32 (the RoI heads' 7 x 7, 14 x 14 and
-# 28 x 28); the table above has the crossover between 14 x 14 and 64 x 64.
+# 28 x 28); the crossover lies between 14 x 14 and 64 x 64 (BENCHMARKS.md "Figures behind the code").
 SMALL_HW = 32 * 32
 
 
@@ -99,18 +87,15 @@ def convert_group_norms(module: nn.Module, native: bool = False) -> int:
     shares its parameters (``native``: channels-last CPU inputs take the C++ kernels). Returns how
     many were replaced.
     """
-    n = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.GroupNorm:
-                new = NucleusGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-                new.native = native
-                if child.affine:
-                    new.weight, new.bias = child.weight, child.bias
-                new.train(child.training)
-                setattr(parent, name, new)
-                n += 1
-    return n
+
+    def build(child: nn.GroupNorm) -> NucleusGroupNorm:
+        new = NucleusGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+        new.native = native
+        if child.affine:
+            new.weight, new.bias = child.weight, child.bias
+        return new
+
+    return replace_modules(module, nn.GroupNorm, build)
 
 
 def fuse_group_norm_relus(module: nn.Module) -> int:

@@ -6,14 +6,14 @@ torchvision's CPU RoIAlign runs on one thread, forward and backward, while the c
 around it use every core. :class:`ThreadedROIAlign` splits the RoIs into one chunk a thread
 (torchvision's kernel releases the GIL) and, in the backward pass, sums the chunks' gradients.
 Every output value is computed by the same kernel from the same inputs, so forward outputs are
-bitwise identical; gradients differ only in summation order. Measured on 2 cores, 3,000 RoIs at
-7 x 7 on a [1, 128, 256, 256] map: 185 ms on one thread, 129 ms on two.
+bitwise identical; gradients differ only in summation order (speed: BENCHMARKS.md "Figures
+behind the code").
 
 RoIAlign runs in float32 on contiguous (NCHW) input: under autocast torchvision casts its input to
 float32, and its CPU kernel makes it contiguous, for every call, so a bfloat16 channels-last model
 copied its whole stride-4 feature map at each of the mask head's chunks (14 copies of
-[1, 128, 256, 256] a 1000 x 1000 image, 0.29 s). :func:`roi_features` makes that copy once, before
-the RoI heads.
+[1, 128, 256, 256] a 1000 x 1000 image). :func:`roi_features` makes that copy once, before the RoI
+heads.
 """
 from typing import Dict
 
@@ -22,7 +22,8 @@ from torch import nn
 
 from detectron2.layers import ROIAlign
 
-from ..utils.threads import thread_pool as _pool
+from ...utils.threads import thread_pool as _pool
+from ..module_swap import replace_modules
 
 __all__ = ["ThreadedROIAlign", "convert_roi_aligns", "roi_features"]
 
@@ -95,15 +96,8 @@ class ThreadedROIAlign(ROIAlign):
 
 def convert_roi_aligns(module: nn.Module, threads: int = 0) -> int:
     """Replace every Detectron2 :class:`ROIAlign` in ``module`` by a :class:`ThreadedROIAlign`."""
-    n = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if type(child) is ROIAlign:
-                new = ThreadedROIAlign(child.output_size, child.spatial_scale, child.sampling_ratio,
-                                       aligned=child.aligned, threads=threads)
-                setattr(parent, name, new)
-                n += 1
-    return n
+    return replace_modules(module, ROIAlign, lambda child: ThreadedROIAlign(
+        child.output_size, child.spatial_scale, child.sampling_ratio, aligned=child.aligned, threads=threads))
 
 
 def _as_roi_input(x: torch.Tensor) -> torch.Tensor:

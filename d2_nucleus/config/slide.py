@@ -1,19 +1,19 @@
 # -*- coding: utf-8 -*-
-"""Config keys of the whole-slide pipeline (tools/segment_slides.py)."""
+"""
+Config keys of the whole-slide pipeline (``cfg.SLIDE``: tools/segment_slides.py and
+tools/segment_cluster.py; their flags map onto these keys in one place,
+:func:`d2_nucleus.slide.options.slide_cfg_from_args`).
+"""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_slide_config", "model_mpp", "set_slide_score_threshold", "TRAINING_DATA_MPP"]
-
-# Resolution of the training data (40x scans, ~0.25 um/px): the model's resolution when the config
-# does not give one (``MODEL.PIXEL_SIZE_UM`` 0 = unknown).
-TRAINING_DATA_MPP = 0.25
+__all__ = ["add_slide_config", "set_slide_score_threshold"]
 
 
 def add_slide_config(cfg):
     """
     Add the whole-slide keys (``cfg.SLIDE``). Safe to call on a config that already has them.
-    The model's resolution is ``cfg.MODEL.PIXEL_SIZE_UM`` (see :func:`model_mpp`): slides are
-    read at the pyramid level closest to it and their tiles resampled to it.
+    The model's resolution is ``cfg.MODEL.PIXEL_SIZE_UM``: slides are read at the pyramid level
+    closest to it and their tiles resampled to it.
     """
     if hasattr(cfg, "SLIDE"):
         return
@@ -36,16 +36,19 @@ def add_slide_config(cfg):
     # Tiles per forward pass, and batches the loader thread reads ahead of the model.
     cfg.SLIDE.BATCH_SIZE = 2
     cfg.SLIDE.PREFETCH_BATCHES = 2
-    # A pyramid level whose resolution is within this relative difference of the model's is used
-    # as is, without resampling (nucleus sizes vary far more between scanners).
+    # A pyramid level (or, in tools/predict.py, an image of --mpp) whose resolution is within this
+    # relative difference of the model's is used as is, without resampling (nucleus sizes vary far
+    # more between scanners; config.defaults.input_resize_factor).
     cfg.SLIDE.MPP_TOLERANCE = 0.1
     # Nuclei density heatmap of the overview figure: bin side in micrometres.
     cfg.SLIDE.HEATMAP_BIN_UM = 100.0
+    # Also write the per-nucleus table as CSV beside the Parquet table (--csv).
+    cfg.SLIDE.CSV = False
 
     cfg.SLIDE.MEASUREMENTS = CN()
     # Per-nucleus measurements (d2_nucleus.measurements: shape, size, H&E optical densities, RGB)
     # in the table and the GeoJSON, their per-slide summary and figure. Cheap next to the model
-    # (~0.1 ms a nucleus); tools/segment_slides.py --no-measurements turns them off.
+    # (BENCHMARKS.md "Whole slides"); tools/segment_slides.py --no-measurements turns them off.
     cfg.SLIDE.MEASUREMENTS.ENABLED = True
     # Stain vectors of the colour deconvolution: "ruifrok" (fixed Ruifrok-Johnston H&E) or
     # "macenko" (estimated once per slide from its thumbnail).
@@ -55,6 +58,10 @@ def add_slide_config(cfg):
     # Detect tissue on a thumbnail and skip background tiles (tools/segment_slides.py
     # --no-tissue-mask turns it off, --tissue-mask passes a mask).
     cfg.SLIDE.TISSUE.ENABLED = True
+    # Your own tissue mask instead of detection (--tissue-mask): an image of any size covering the
+    # slide (non-zero = tissue), or a folder of <slide name>.png masks (slides without one get
+    # detection). "" = none.
+    cfg.SLIDE.TISSUE.MASK = ""
     # Resolution of the thumbnail tissue is detected on (um/px).
     cfg.SLIDE.TISSUE.THUMBNAIL_MPP = 8.0
     # Tissue: HSV saturation (0-255) above this. Glass is grey (saturation under ~15), stained
@@ -62,12 +69,6 @@ def add_slide_config(cfg):
     cfg.SLIDE.TISSUE.MIN_SATURATION = 20
     # Tissue regions (and holes in them) smaller than this many mm^2 are dropped (filled).
     cfg.SLIDE.TISSUE.MIN_AREA_MM2 = 0.005
-
-
-def model_mpp(cfg) -> float:
-    """The model's resolution in um/px: ``MODEL.PIXEL_SIZE_UM``, or :data:`TRAINING_DATA_MPP` when 0."""
-    value = float(getattr(cfg.MODEL, "PIXEL_SIZE_UM", 0.0) or 0.0)
-    return value if value > 0 else TRAINING_DATA_MPP
 
 
 def set_slide_score_threshold(cfg, score_thresh=None) -> None:

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
 """
-d2_nucleus's C++ CPU kernels (``d2_nucleus/modeling/csrc``), compiled on first use with
+d2_nucleus's C++ CPU kernels (``d2_nucleus/modeling/cpu/csrc``), compiled on first use with
 ``torch.utils.cpp_extension`` (g++ and ninja) and cached, then registered as ``torch.ops.d2_nucleus``.
 
 They are an optional speed-up: where they cannot be built (no compiler) :func:`native_ops` warns once

@@ -4,22 +4,23 @@ glibc's allocator settings for CPU training and inference.
 
 glibc serves allocations above ``M_MMAP_THRESHOLD`` (dynamic, at most 32 MiB on 64-bit) with a
 fresh ``mmap`` and gives them back with ``munmap`` when freed, so every large activation of every
-step page-faults its memory in again. Measured on the 2-core machine of BENCHMARKS.md (PyTorch
-2.14, one fp32 [1, 128, 256, 256] tensor, 33.5 MB): ReLU 9.6 ms and ``empty + fill_`` 10.2 ms with
-the default settings, 1.4 ms and 0.8 ms with both thresholds at 1 GiB. jemalloc / tcmalloc through
+step page-faults its memory in again (measured: BENCHMARKS.md "CPU speed options"). jemalloc / tcmalloc through
 ``LD_PRELOAD`` do the same job but are not installable from the package registry here and need
 the variable set before the process starts; ``mallopt`` works from inside a running process.
 
 The cost: memory freed by a step stays in the process for the next one instead of going back to the
-operating system, which raises the peak RSS (measured by bench/bench_cpu_speed.py: +74 MB alone on
-one 1000 x 1000 image with the CPU recipe, +350 MB / 26% with all the speed options; BENCHMARKS.md).
+operating system, which raises the peak RSS (bench/bench_cpu_speed.py; BENCHMARKS.md "CPU speed
+options").
+
+The setting is process-wide, so the entry points apply it (:func:`tune_process`: tools/, the Dask
+workers), never a model's constructor.
 """
 import ctypes
 import ctypes.util
 import logging
 import platform
 
-__all__ = ["tune_malloc"]
+__all__ = ["tune_malloc", "tune_process"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +54,10 @@ def tune_malloc(threshold: int = 1 << 30) -> bool:
         logger.info("malloc thresholds not changed (not glibc, or mallopt refused)")
     _done[threshold] = ok
     return ok
+
+
+def tune_process(cfg) -> bool:
+    """:func:`tune_malloc` when ``cfg`` runs on the CPU with ``MODEL.CPU.TUNE_MALLOC``; whether it is in effect."""
+    if str(cfg.MODEL.DEVICE).startswith("cpu") and bool(cfg.MODEL.CPU.TUNE_MALLOC):
+        return tune_malloc()
+    return False
