@@ -86,7 +86,7 @@ def resolution(args):
     """(target mpp, tolerance): --target-mpp / --mpp-tolerance, else the config's (--config-file or the defaults)."""
     from d2_nucleus.config import get_nucleus_cfg, model_mpp
 
-    cfg = get_nucleus_cfg(args.config_file)
+    cfg = get_nucleus_cfg(args.config_file, ["MODEL.DEVICE", "cpu"])  # no model runs here
     target = args.target_mpp if args.target_mpp is not None else model_mpp(cfg)
     tolerance = args.mpp_tolerance if args.mpp_tolerance is not None else float(cfg.SLIDE.MPP_TOLERANCE)
     return target, tolerance
