@@ -90,8 +90,9 @@ def add_nucleus_config(cfg):
     # Speed on CPU
     # ---------------------------------------------------------------------------------------------
     # bfloat16 autocast on CPU around each whole training step (forward, loss, backward) and around
-    # evaluation and prediction (pays off on CPUs with AVX-512 BF16 / AMX).
-    cfg.SOLVER.CPU_BF16 = False
+    # evaluation and prediction: "auto" (bf16 where the CPU computes it natively, AMX; float32
+    # elsewhere: utils/autocast.py), True or False to force it.
+    cfg.SOLVER.CPU_BF16 = "auto"
     # Channels-last memory format for the model and images (any device; on CPU the kernels of
     # MODEL.CPU read it as it is).
     cfg.MODEL.CHANNELS_LAST = False

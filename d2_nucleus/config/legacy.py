@@ -84,11 +84,22 @@ def _rpn_wanted(cpu: Dict[str, object]) -> bool:
     return int(cpu.get("RPN_NMS_THREADS", 0)) != 1 or cpu.get("ANCHOR_IOU", "native") == "native"
 
 
+def _cpu_bf16(value) -> str:
+    """
+    SOLVER.CPU_BF16 was a bool; today a string key ("auto" | "True" | "False"). yacs decodes every
+    merged string with ``literal_eval`` ("True" -> True), so the value is handed over quoted.
+    """
+    return repr(str(value).strip().strip("'\""))
+
+
 def translate_legacy_dict(loaded: Dict, source: str) -> Dict:
     """
     Rewrite the old keys of a loaded YAML config (a nested dict, ``_BASE_`` already merged) into
     today's, in place; returns it.
     """
+    solver = loaded.get("SOLVER")
+    if isinstance(solver, dict) and "CPU_BF16" in solver:
+        solver["CPU_BF16"] = _cpu_bf16(solver["CPU_BF16"])
     model = loaded.get("MODEL")
     if not isinstance(model, dict):
         return loaded
@@ -126,6 +137,8 @@ def translate_legacy_list(cfg, opts: List) -> List:
         name = str(key)
         if name.startswith("MODEL.") and name[6:] in LEGACY_KEYS:
             old[name[6:]] = value
+        elif name == "SOLVER.CPU_BF16":
+            rest += [key, _cpu_bf16(value)]
         elif name == "MODEL.PIXEL_SIZE_UM" and _is_zero(value):
             rest += [key, str(TRAINING_DATA_MPP)]
             _note("command line", ["MODEL.PIXEL_SIZE_UM 0"])

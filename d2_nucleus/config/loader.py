@@ -11,6 +11,7 @@ import os
 import yaml
 from detectron2.config import CfgNode
 
+from ..utils.autocast import resolve_cpu_bf16
 from .cpu import add_cpu_config, check_cpu_config
 from .defaults import add_nucleus_config
 from .legacy import translate_legacy_dict, translate_legacy_list
@@ -136,6 +137,7 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
         cfg.NUCLEUS.DATA_ROOT = data_root
     try:
         check_cpu_config(cfg)
+        resolve_cpu_bf16(cfg.SOLVER.CPU_BF16)
     except ValueError as e:
         raise ConfigError(f"{config_file or 'config'}: {e}") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
