@@ -196,7 +196,7 @@ def test_class_filter_and_config_resolution(tmp_path, capsys):
     source = json.load(open(tmp_path / "p" / "source.json"))
     assert source["target_mpp"] == 0.5 and source["classes"] == {"Tumor": 4}
     assert source["images"]["a"]["size"] == [64, 64]
-    assert "class not in --classes: " in out and "'Region': 8" in out
+    assert "class not chosen (--class): 8" in out and "'Region': 8" in out
 
 
 def test_cli_process_exit_status(tmp_path):

@@ -135,8 +135,8 @@ def convert_source(src: SourceImage, image_id: int, target_mpp: float, mpp: Opti
         if classes is not None:
             unwanted = Counter(n.class_name for n in nuclei if n.class_name not in classes)
             nuclei = [n for n in nuclei if n.class_name in classes]
-            _skip_many(report, "class not in --classes", sum(unwanted.values()),
-                       f"{src.annotation_file}: left out {dict(unwanted)} (not in --classes)")
+            _skip_many(report, "class not chosen (--class)", sum(unwanted.values()),
+                       f"{src.annotation_file}: left out {dict(unwanted)} (not chosen with --class)")
         _check_inside(src, nuclei, height, width, src.image_file, report)
         rx, ry, rw, rh = _region(nuclei, image)
         factor = scale_factor(mpp_value, target_mpp, tolerance)
