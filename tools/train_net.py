@@ -22,8 +22,7 @@ from detectron2.utils.logger import setup_logger
 
 from d2_nucleus.compat import WeightsError
 from d2_nucleus.config import ConfigError, get_nucleus_cfg
-from d2_nucleus.data import register_nucleus_datasets, resolve_data_root
-from d2_nucleus.data.datasets import check_nucleus_datasets
+from d2_nucleus.data.datasets import prepare_nucleus_datasets
 from d2_nucleus.engine import NucleusTrainer
 from d2_nucleus.modeling.cpu.malloc import tune_process
 from d2_nucleus.utils.cli import error_line
@@ -76,8 +75,7 @@ def setup(args):
     cfg.freeze()
     check_output_dir(cfg, args)
     # Data before anything is written: a missing val annotation file stops the run now.
-    register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
-    check_nucleus_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    prepare_nucleus_datasets(cfg, list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
     default_setup(cfg, args)
     tune_process(cfg)  # glibc malloc thresholds: process-wide, so set by the entry point
     # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt

@@ -14,7 +14,7 @@ Registration reads nothing; the COCO json is loaded (by Detectron2's ``load_coco
 import functools
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
@@ -26,6 +26,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "DEFAULT_DATA_ROOT",
     "check_nucleus_datasets",
+    "prepare_nucleus_datasets",
     "extra_data_roots",
     "resolve_data_root",
     "register_nucleus_datasets",
@@ -111,6 +112,9 @@ def _register(root: str, prefix: str) -> None:
         name = f"{prefix}_{split}"
         json_file = annotation_file(root, split)
         image_root = image_dir(root, split)
+        if name in _registered and name in MetadataCatalog.list() and \
+                MetadataCatalog.get(name).get("json_file") == json_file:
+            continue  # already registered here (a run's entry point and its trainer both prepare)
         if name in DatasetCatalog.list():
             DatasetCatalog.remove(name)
         if name in MetadataCatalog.list():
@@ -126,7 +130,7 @@ def register_nucleus_datasets(root: Optional[str] = None, cfg=None) -> str:
     """
     Register the four nucleus datasets under the data root resolved by :func:`resolve_data_root`,
     and the four of every ``cfg.NUCLEUS.EXTRA_DATA_ROOTS`` entry (module docstring). Calling
-    again (e.g. with another root) replaces the previous registration.
+    again with the same roots changes nothing; with another root it replaces the registration.
 
     Returns:
         the absolute data root used.
@@ -135,4 +139,15 @@ def register_nucleus_datasets(root: Optional[str] = None, cfg=None) -> str:
     _register(root, _MAIN_PREFIX)
     for prefix, path in extra_data_roots(cfg):
         _register(os.path.abspath(os.path.expanduser(path)), prefix)
+    return root
+
+
+def prepare_nucleus_datasets(cfg, dataset_names: Sequence[str]) -> str:
+    """
+    What a run needs before it writes anything: the nucleus datasets of ``cfg`` registered
+    (:func:`register_nucleus_datasets`, once) and the annotation files and image folders of
+    ``dataset_names`` checked (:func:`check_nucleus_datasets`). Returns the data root.
+    """
+    root = register_nucleus_datasets(cfg=cfg)
+    check_nucleus_datasets(list(dataset_names))
     return root

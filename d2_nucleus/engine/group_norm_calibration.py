@@ -17,8 +17,7 @@ from tqdm import tqdm
 from detectron2.modeling import build_model
 
 from ..compat import NucleusCheckpointer
-from ..data import register_nucleus_datasets, resolve_data_root
-from ..data.datasets import check_nucleus_datasets
+from ..data.datasets import prepare_nucleus_datasets
 from ..modeling.frozen_group_norm import calibrate_frozen_group_norms, convert_frozen_group_norms
 from ..utils.autocast import cpu_autocast
 from ..utils.file_io import atomic_write, check_target, output_transaction
@@ -39,8 +38,7 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     if cfg.MODEL.FROZEN_GROUP_NORM:
         raise ValueError("the config already has MODEL.FROZEN_GROUP_NORM True: give the GroupNorm model's config")
     dataset = dataset or cfg.DATASETS.TRAIN[0]
-    register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
-    check_nucleus_datasets([dataset])
+    prepare_nucleus_datasets(cfg, [dataset])
     model = build_model(cfg)
     NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()

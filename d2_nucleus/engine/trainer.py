@@ -10,8 +10,8 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 from ..compat import NucleusCheckpointer, TrainerStateMixin
-from ..data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
-from ..data.datasets import check_nucleus_datasets
+from ..data import NucleusDatasetMapper
+from ..data.datasets import prepare_nucleus_datasets
 from ..evaluation import NucleusEvaluator
 from ..modeling import NucleusRCNNWithTTA
 from ..utils.autocast import cpu_autocast
@@ -38,10 +38,9 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     """
 
     def __init__(self, cfg):
-        register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
         # The evaluation datasets too: a missing val annotation file stops the run now, not
-        # after the whole training.
-        check_nucleus_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        # after the whole training (registered once: tools/train_net.py prepared them already).
+        prepare_nucleus_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -104,8 +103,7 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     @classmethod
     def eval_only(cls, cfg, resume=False):
         """Build the model, load ``cfg.MODEL.WEIGHTS`` (or the last checkpoint), evaluate."""
-        register_nucleus_datasets(resolve_data_root(cfg=cfg), cfg)
-        check_nucleus_datasets(cfg.DATASETS.TEST)
+        prepare_nucleus_datasets(cfg, cfg.DATASETS.TEST)
         model = cls.build_model(cfg)
         NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         res = cls.test(cfg, model)
