@@ -232,7 +232,8 @@ def main():
     p.add_argument("--runs", default="finetune,heads,scratch")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=50)
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for every run, e.g. SOLVER.CPU_BF16 False")
+    p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
+                   help="config overrides for every run, e.g. --opts SOLVER.CPU_BF16 False")
     args = p.parse_args()
     args.ns = [int(n) for n in args.ns.split(",")]
     args.runs = args.runs.split(",")
