@@ -33,7 +33,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import pyarrow as pa
 
-from ..export.geojson import detection_feature, mask_to_polygon, write_geojson_features
+from ..export.geojson import detection_feature, mask_to_geometry, write_geojson_features
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
 from ..measurements.figure import FIGURE_COLUMNS, write_distributions
 from ..measurements.qupath import qupath_measurements
@@ -407,14 +407,14 @@ def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density,
                 rows = {k: [] for k in _TABLE_FIELDS}
                 # the stitcher yields the done record's own record objects: their position in it
                 position = {id(r): i for i, r in enumerate(done["nuclei"])}
-                kept, rings, ids = [], [], []
+                kept, shapes, ids = [], [], []
                 for record, mask in stitcher.add(tile, done["nuclei"]):
                     score, x0, y0, w, h, _ = record
                     nid = counts["nuclei"]
                     counts["nuclei"] += 1
                     kept.append(position[id(record)])
                     ids.append(nid)
-                    rings.append(np.asarray(mask_to_polygon(mask, x0, y0)) * s)  # level-0
+                    shapes.append(mask_to_geometry(mask, x0, y0, scale=s))  # level-0 pixels
                     ys, xs = np.nonzero(mask)
                     cx, cy = (xs.mean() + x0 + 0.5) * s - 0.5, (ys.mean() + y0 + 0.5) * s - 0.5
                     n = len(xs)
@@ -442,9 +442,9 @@ def _write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, mpp, density,
                     extra = qupath_measurements(columns, mpp_x)
                 table.write(columns)
                 density.add(columns["centroid_x"], columns["centroid_y"])
-                for nid, ring, score, more in zip(ids, rings, rows["score"], extra):
+                for nid, shape, score, more in zip(ids, shapes, rows["score"], extra):
                     feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{stem}/{nid}"))
-                    yield detection_feature(np.round(ring, 2).tolist(), feature_id, score, measurements=more)
+                    yield detection_feature(shape, feature_id, score, measurements=more)
 
         write_geojson_features(features(), outputs.geojson, overwrite=overwrite)
     counts["duplicates"] = stitcher.duplicates
