@@ -4,15 +4,21 @@ Config keys that d2_nucleus adds to Detectron2's defaults, and the one safe conf
 (:func:`merge_config_file`, :func:`get_nucleus_cfg`) that every entry point uses.
 """
 import os
+import re
 
 import yaml
 from detectron2.config import CfgNode as CN
 
-__all__ = ["ConfigError", "add_nucleus_config", "get_nucleus_cfg", "merge_config_file", "merge_config_list"]
+from .config_yaml import ConfigError, load_config_yaml
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file (or override)."""
+__all__ = [
+    "ConfigError",
+    "add_nucleus_config",
+    "get_nucleus_cfg",
+    "load_config_yaml",
+    "merge_config_file",
+    "merge_config_list",
+]
 
 
 def add_nucleus_config(cfg):
@@ -150,18 +156,48 @@ def _one_line(e) -> str:
     return " ".join(str(e).split())
 
 
+_TYPE_NAMES = {"CfgNode": "a mapping of keys", "dict": "a mapping of keys", "str": "a string", "int": "an integer",
+               "float": "a number", "bool": "a boolean", "tuple": "a list", "list": "a list", "NoneType": "null"}
+
+
+def _short(e) -> str:
+    """One line; yacs's "Type mismatch" message (which prints both values, a whole sub-config or
+    a huge list) cut to the key and the two types."""
+    msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    m = re.match(r"Type mismatch \(<class '(?:[\w.]+\.)?(\w+)'> vs\. <class '(?:[\w.]+\.)?(\w+)'>\).* for config key: (\S+)$", msg)
+    if m:
+        want, got, key = _TYPE_NAMES.get(m[1], m[1]), _TYPE_NAMES.get(m[2], m[2]), m[3]
+        return f"{key} must be {want}, got {got}"
+    return msg if len(msg) <= 300 else msg[:300] + " ..."
+
+
 def merge_config_file(cfg, config_file):
     """
-    ``cfg.merge_from_file`` that never runs code: the file and its ``_BASE_`` chain are read with
-    ``yaml.safe_load`` (``allow_unsafe=False``; Detectron2's default falls back to
-    ``yaml.unsafe_load``, which executes ``!!python/...`` tags). Every problem is a one-line
-    :class:`ConfigError` naming the file.
+    ``cfg.merge_from_file`` that never runs code and never expands without bound: the file and
+    its ``_BASE_`` chain are read by :func:`load_config_yaml` (``yaml.SafeLoader``; Detectron2's
+    default falls back to ``yaml.unsafe_load``, which executes ``!!python/...`` tags), then
+    merged as Detectron2's ``CfgNode.merge_from_file`` does (config versions included). Every
+    problem is a one-line :class:`ConfigError` naming the file.
     """
-    if not os.path.isfile(config_file):
-        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
-        raise ConfigError(f"config file {config_file!r} {what}")
     try:
-        cfg.merge_from_file(config_file, allow_unsafe=False)
+        loaded = type(cfg)(load_config_yaml(config_file))
+        from detectron2.config.compat import downgrade_config, guess_version, upgrade_config
+
+        version = loaded.get("VERSION", None)
+        if version is None:
+            version = guess_version(loaded, config_file)
+        if not isinstance(version, int) or version > cfg.VERSION:
+            raise ConfigError(f"{config_file}: VERSION {version!r} is not a config version up to {cfg.VERSION}")
+        if version == cfg.VERSION:
+            cfg.merge_from_other_cfg(loaded)
+        else:  # an older config, upgraded as Detectron2 does
+            old = downgrade_config(cfg, to_version=version)
+            old.merge_from_other_cfg(loaded)
+            upgraded = upgrade_config(old)
+            cfg.clear()
+            cfg.update(upgraded)
+    except ConfigError:
+        raise
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else config_file
@@ -173,10 +209,11 @@ def merge_config_file(cfg, config_file):
         raise ConfigError(f"{config_file}: not valid YAML: {_one_line(e)}") from None
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         # KeyError "Non-existent config key: X", ValueError/TypeError on a value of the wrong type
-        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
-        raise ConfigError(f"{config_file}: {msg}") from None
-    except OSError as e:  # a _BASE_ that does not exist
-        raise ConfigError(f"{config_file}: {e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": ")) from None
+        raise ConfigError(f"{config_file}: {_short(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{config_file}: nested too deeply to be a config") from None
+    except OSError as e:  # unreadable
+        raise ConfigError(f"{config_file}: {e.strerror or e}") from None
 
 
 def merge_config_list(cfg, opts):
@@ -189,8 +226,7 @@ def merge_config_list(cfg, opts):
     try:
         cfg.merge_from_list(opts)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
-        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
-        raise ConfigError(f"command-line config override: {msg}") from None
+        raise ConfigError(f"command-line config override: {_short(e)}") from None
 
 
 def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
@@ -234,18 +270,13 @@ def get_inference_cfg(config_file, opts=None, weights=None, device=None):
     as ``MODEL.DEVICE`` when given (default: CUDA when available, else the CPU). Not frozen.
 
     Raises:
-        FileNotFoundError: no such config file. ValueError: ``opts`` not in pairs.
+        ConfigError: as :func:`get_nucleus_cfg` (a missing config file among them).
     """
-    import os
-
     import torch
 
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"config file {config_file!r} does not exist")
-    opts = list(opts or [])
-    if len(opts) % 2:
-        raise ValueError(f"config overrides must be KEY VALUE pairs, got {opts}")
-    cfg = get_nucleus_cfg(config_file, opts)
+    if not config_file:
+        raise ConfigError("no config file given (--config-file)")
+    cfg = get_nucleus_cfg(config_file, list(opts or []))
     if weights is not None:
         cfg.MODEL.WEIGHTS = weights
     if device is not None:

@@ -268,6 +268,67 @@ def test_predict_failures(weights, tmp_path):
     assert not os.path.exists(res), os.listdir(res)  # not one file, not even a folder
 
 
+def _tree(root):
+    """{relative path: bytes} of every file under root (what is on disk)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            path = os.path.join(d, n)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_config_errors_in_every_cli(synthetic_prepared, weights, tmp_path):
+    """A _BASE_ cycle, an empty config, a list at the top level and a YAML alias bomb: one line
+    naming the file and exit status 2 from every CLI, before anything is written (issue 27)."""
+    from test_config_files import alias_bomb
+
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (cfgs / "b.yaml").write_text("_BASE_: a.yaml\n")
+    (cfgs / "empty.yaml").write_text("")
+    (cfgs / "list.yaml").write_text("- MODEL\n")
+    (cfgs / "bomb.yaml").write_text(alias_bomb())
+    images = _images(tmp_path / "images", 1)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(slides / "s.png")
+    before = _tree(tmp_path)
+    out = tmp_path / "out"
+    tools = {
+        "train_net": lambda c: (TRAIN_NET, ["--config-file", c, "--data-root", synthetic_prepared, *SMALL,
+                                            "OUTPUT_DIR", out / "train"]),
+        "predict": lambda c: (PREDICT, ["--config-file", c, "--weights", weights["good"], "--input", images,
+                                        "--output", out / "answer.json", "--device", "cpu", "--quiet"]),
+        "segment_slides": lambda c: (os.path.join(ROOT, "tools", "segment_slides.py"),
+                                     ["--config-file", c, "--weights", weights["good"], slides, "--out", out / "slides",
+                                      "--device", "cpu", "--mpp", "0.25", "--quiet"]),
+        "segment_cluster": lambda c: (os.path.join(ROOT, "tools", "segment_cluster.py"),
+                                      ["--config-file", c, "--weights", weights["good"], slides, "--out", out / "cluster",
+                                       "--device", "cpu", "--mpp", "0.25", "--quiet", "--workers", "1"]),
+        "freeze_group_norm": lambda c: (os.path.join(ROOT, "tools", "freeze_group_norm.py"),
+                                        ["--config-file", c, "--weights", weights["good"], "--output", out / "f.pth",
+                                         "--data-root", synthetic_prepared, "--device", "cpu", "--quiet"]),
+    }
+    cases = []
+    for prog, command in tools.items():
+        cases.append((prog, command(cfgs / "a.yaml"), ["_BASE_ cycle", str(cfgs / "a.yaml"), "b.yaml"]))
+    for prog in ("train_net", "predict"):
+        cases += [(prog, tools[prog](cfgs / "empty.yaml"), [str(cfgs / "empty.yaml"), "empty config file"]),
+                  (prog, tools[prog](cfgs / "list.yaml"), [str(cfgs / "list.yaml"), "top level is a list"]),
+                  (prog, tools[prog](cfgs / "bomb.yaml"), [str(cfgs / "bomb.yaml"), "alias"])]
+    results = _run_cli_cases([c for _, c, _ in cases], timeout=600)
+    for (prog, (_, argv), fragments), result in zip(cases, results):
+        try:
+            _expect_error(result, prog, *fragments, rc=2)
+        except AssertionError as e:
+            raise AssertionError(f"{prog} {argv[1]}: {e}") from None
+    assert not out.exists()
+    assert _tree(tmp_path) == before  # configs, images, weights untouched; nothing written
+
+
 def test_predict_after_kill_is_not_blocked_by_temp_files(weights, tmp_path):
     """What a kill -9 leaves (hidden temp files of a dead process) is removed by the next run;
     temp files of a live process are left alone."""

@@ -224,6 +224,8 @@ def test_no_unsafe_yaml_loading_in_the_code():
     for path in glob.glob(os.path.join(ROOT, "**", "*.py"), recursive=True):
         if "/.venv/" in path or path.endswith(os.path.join("d2_nucleus", "config.py")) or path == __file__:
             continue
+        if path.endswith(os.path.join("tests", "test_config_files.py")):  # compares with Detectron2's, allow_unsafe=False
+            continue
         with open(path) as f:
             text = f.read()
         if "merge_from_file(" in text or "yaml.load(" in text or "unsafe_load" in text:
