@@ -6,9 +6,11 @@ complete source build (with ``detectron2._C``, or a newer release) is used as it
 
 1. :class:`NucleusCheckpointer` is the one loading policy for every weights file and URL
    (``MODEL.WEIGHTS``, ``--weights``, ``last_checkpoint``; ``detectron2://`` and http(s) URLs are
-   downloaded first, then go through the same policy); see :meth:`NucleusCheckpointer._load_file`
-   and :meth:`NucleusCheckpointer._load_model`. Untrusted files never run code; weights that do
-   not fit the model stop the run instead of leaving a half-random model.
+   downloaded first by :func:`fetch_weights`, every network wait bounded by
+   ``MODEL.WEIGHTS_DOWNLOAD_TIMEOUT``, then go through the same policy); see
+   :meth:`NucleusCheckpointer._load_file` and :meth:`NucleusCheckpointer._load_model`. Untrusted
+   files never run code; weights that do not fit the model stop the run instead of leaving a
+   half-random model.
 2. :class:`TrainerStateMixin` puts the optimizer (and AMP grad-scaler) state into training
    checkpoints and restores it on ``--resume``: v0.6's ``DefaultTrainer`` saves only the iteration
    and the LR-scheduler hook, so a resumed run loses its momentum. Newer Detectron2 versions save
@@ -20,6 +22,11 @@ import logging
 import os
 import pickle
 import re
+import shutil
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 
 import numpy as np
@@ -38,6 +45,8 @@ from .utils.file_io import atomic_write, atomic_write_text
 
 __all__ = [
     "NucleusCheckpointer",
+    "check_weights_path",
+    "fetch_weights",
     "TrainerStateMixin",
     "WeightsError",
     "WeightsNotFoundError",
@@ -63,6 +72,74 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class WeightsMismatchError(WeightsError):
     """The weights are of another architecture (or hold nothing of this model)."""
+
+
+def check_weights_path(path: str) -> None:
+    """
+    Raise :class:`WeightsNotFoundError` naming what is wrong with a local weights path: empty, a
+    folder, or not found (URLs pass: they are checked when downloaded).
+    """
+    if not path:
+        raise WeightsNotFoundError(
+            "no model weights: pass --weights (or MODEL.WEIGHTS) with a checkpoint, "
+            "e.g. output/<run>/model_final.pth from tools/train_net.py"
+        )
+    if "://" in path:
+        return
+    if os.path.isdir(path):
+        raise WeightsNotFoundError(f"model weights {path!r} is a folder, not a checkpoint file (e.g. {path}/model_final.pth)")
+    if not os.path.isfile(path):
+        raise WeightsNotFoundError(
+            f"model weights {path!r} not found; train a model with tools/train_net.py "
+            "and pass its model_final.pth / model_best.pth with --weights (or MODEL.WEIGHTS)"
+        )
+
+
+_DETECTRON2_PREFIX = "detectron2://"
+_DETECTRON2_URL = "https://dl.fbaipublicfiles.com/detectron2/"
+
+
+def fetch_weights(url: str, timeout: float) -> str:
+    """
+    The local copy of weights at an ``http(s)://`` or ``detectron2://`` URL: the file in fvcore's
+    download cache (``$FVCORE_CACHE``, default ``~/.torch/iopath_cache``; the paths iopath uses, so
+    earlier downloads are reused), downloaded when it is not there. Every network wait (connecting,
+    each read) is bounded by ``timeout`` seconds (``MODEL.WEIGHTS_DOWNLOAD_TIMEOUT``; 0 = none):
+    iopath's download has none, so a server that accepts and never answers hung the run. The
+    download goes to a temporary file renamed when complete. Other paths are returned as they are.
+
+    Raises:
+        WeightsNotFoundError: no answer within ``timeout``, or the server or network refused.
+    """
+    if url.startswith(_DETECTRON2_PREFIX):
+        url = _DETECTRON2_URL + url[len(_DETECTRON2_PREFIX):]
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme not in ("http", "https"):
+        return url
+    from iopath.common.file_io import get_cache_dir
+
+    cached = os.path.join(get_cache_dir(), os.path.dirname(parsed.path.lstrip("/")), url.split("/")[-1])
+    if os.path.isfile(cached):
+        return cached
+    logger.info(f"Downloading {url} ...")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout or None) as response:
+            with atomic_write(cached, overwrite=True) as f:
+                shutil.copyfileobj(response, f, 1 << 20)
+    except (socket.timeout, TimeoutError):
+        raise WeightsNotFoundError(
+            f"model weights {url!r}: no answer from the server within {timeout:g} s "
+            "(MODEL.WEIGHTS_DOWNLOAD_TIMEOUT; raise it for a slow connection). " + OFFLINE_HINT
+        ) from None
+    except urllib.error.HTTPError as e:
+        raise WeightsNotFoundError(f"model weights {url!r}: the server answered {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e.strerror or e
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            reason = f"no answer within {timeout:g} s (MODEL.WEIGHTS_DOWNLOAD_TIMEOUT)"
+        raise WeightsNotFoundError(f"model weights {url!r} unreachable: {reason}. " + OFFLINE_HINT) from None
+    logger.info(f"URL {url} cached in {cached}")
+    return cached
 
 
 # -------------------------------------------------------------------------------------------------
@@ -178,14 +255,19 @@ class NucleusCheckpointer(DetectionCheckpointer):
       a checkpoint of which no parameter fits is a :class:`WeightsMismatchError`.
     """
 
-    def __init__(self, model, save_dir="", *, strict=True, **checkpointables):
+    def __init__(self, model, save_dir="", *, strict=True, download_timeout: float = 60.0, **checkpointables):
+        """``download_timeout``: seconds a URL's download may wait for the server
+        (callers pass ``cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT``; :func:`fetch_weights`)."""
         super().__init__(model, save_dir, **checkpointables)
         self.strict = strict
         self._strict_now = strict
+        self.download_timeout = download_timeout
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and os.path.isdir(path):
             raise WeightsNotFoundError(f"model weights {path!r} (MODEL.WEIGHTS) is a folder, not a checkpoint file")
+        if path and "://" in path:
+            path = fetch_weights(path, self.download_timeout)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)

@@ -3,6 +3,7 @@
 Config keys that d2_nucleus adds to Detectron2's defaults, and the one safe config loader
 (:func:`merge_config_file`, :func:`get_nucleus_cfg`) that every entry point uses.
 """
+import math
 import os
 import re
 
@@ -14,6 +15,7 @@ from .config_yaml import ConfigError, load_config_yaml
 __all__ = [
     "ConfigError",
     "add_nucleus_config",
+    "check_config_values",
     "get_nucleus_cfg",
     "load_config_yaml",
     "merge_config_file",
@@ -33,6 +35,10 @@ def add_nucleus_config(cfg):
     cfg.NUCLEUS.DATA_ROOT = ""
     # Binarisation threshold of the mask head's probabilities.
     cfg.NUCLEUS.MASK_THRESHOLD = 0.5
+    # Seconds a download of http(s):// or detectron2:// weights (MODEL.WEIGHTS, --weights) may wait
+    # for the server at each step (connecting, each read) before the run stops with an error
+    # (compat.fetch_weights; 0 = wait forever). A server that accepts and never answers would hang.
+    cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT = 60.0
     # Resolution the model works at, in micrometres per pixel (0 = unknown). Sizes in um / um^2
     # (tools/predict.py --measurements) use it when --mpp is not given.
     cfg.MODEL.PIXEL_SIZE_UM = 0.0
@@ -229,6 +235,57 @@ def merge_config_list(cfg, opts):
         raise ConfigError(f"command-line config override: {_short(e)}") from None
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Values that cannot work, found before a run starts instead of as an AssertionError or a
+# ZeroDivisionError minutes into it: (key, test, what it must be).
+_VALUE_RULES = (
+    ("SOLVER.IMS_PER_BATCH", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("SOLVER.MAX_ITER", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("SOLVER.CHECKPOINT_PERIOD", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("SOLVER.WARMUP_ITERS", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("SOLVER.BASE_LR", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    ("SOLVER.GAMMA", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    ("SOLVER.MOMENTUM", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    ("SOLVER.WEIGHT_DECAY", lambda v: _is_number(v) and v >= 0, "a finite number >= 0"),
+    ("SOLVER.WARMUP_FACTOR", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("SOLVER.STEPS", lambda v: all(_is_int(x) and x >= 0 for x in v) and list(v) == sorted(v),
+     "increasing integers >= 0"),
+    ("TEST.EVAL_PERIOD", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("TEST.DETECTIONS_PER_IMAGE", lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    ("DATALOADER.NUM_WORKERS", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    ("INPUT.TEST_SCALE", lambda v: _is_number(v) and v > 0, "a finite number > 0"),
+    ("MODEL.PIXEL_SIZE_UM", lambda v: _is_number(v) and v >= 0, "a finite number >= 0 (0 = unknown)"),
+    ("MODEL.WEIGHTS_DOWNLOAD_TIMEOUT", lambda v: _is_number(v) and v >= 0, "a finite number >= 0 (0 = none)"),
+    ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("NUCLEUS.MASK_THRESHOLD", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    ("TEST.LABEL_MAP_SCORE_THRESH", lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+)
+
+
+def check_config_values(cfg, source: str = "the config") -> None:
+    """
+    Refuse values no run can use (a batch of 0 images, a NaN resolution, ...) with one
+    :class:`ConfigError` naming the key, what it must be and ``source``.
+    """
+    for key, ok, what in _VALUE_RULES:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        try:
+            good = ok(node)
+        except TypeError:
+            good = False
+        if not good:
+            raise ConfigError(f"{source}: {key} must be {what}, got {node!r}")
+
+
 def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     """
     The config every d2_nucleus entry point uses: Detectron2 defaults + PointRend keys + ours,
@@ -236,8 +293,9 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     Falls back to the CPU with a warning when the config asks for CUDA and none is available.
 
     Raises:
-        ConfigError: a missing or unsafe config file, an unknown key, a bad value, or an odd
-            number of overrides (one line naming the file or override).
+        ConfigError: a missing or unsafe config file, an unknown key, a bad value (of the wrong
+            type, or one no run can use: :func:`check_config_values`), or an odd number of
+            overrides (one line naming the file or override).
     """
     import logging
 
@@ -257,6 +315,8 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
         merge_config_list(cfg, opts)
     if data_root:
         cfg.NUCLEUS.DATA_ROOT = data_root
+    source = " and ".join(([config_file] if config_file else []) + (["the command-line overrides"] if opts else []))
+    check_config_values(cfg, source or "the default config")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"

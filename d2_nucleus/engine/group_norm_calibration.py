@@ -42,7 +42,7 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     register_nucleus_datasets(resolve_data_root(cfg=cfg))
     check_nucleus_datasets([dataset])
     model = build_model(cfg)
-    NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    NucleusCheckpointer(model, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).load(cfg.MODEL.WEIGHTS)
     model.eval()
     if convert_frozen_group_norms(model.backbone) == 0:
         raise ValueError(f"the backbone of this config has no GroupNorm (MODEL.RESNETS.NORM {cfg.MODEL.RESNETS.NORM!r})")

@@ -12,7 +12,6 @@ The rest of a prediction run lives next door: the inputs (:mod:`.inputs`), the r
 outputs (:mod:`.prediction`); images are read by :func:`d2_nucleus.data.image_io.read_image`.
 Those names are importable from here too.
 """
-import os
 from typing import List, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import detectron2.data.transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from ..compat import NucleusCheckpointer, WeightsNotFoundError
+from ..compat import NucleusCheckpointer, check_weights_path
 from ..data.dataset_mapper import build_nucleus_augmentation
 from ..data.image_io import BadImageError, read_image  # noqa: F401  (re-exported)
 from ..evaluation.coco_results import instance_rles
@@ -60,23 +59,15 @@ class NucleusPredictor:
             batch_size: images per forward pass (with TTA: augmented copies per pass).
 
         Raises:
-            WeightsNotFoundError: ``MODEL.WEIGHTS`` is empty or not a file.
+            WeightsNotFoundError: ``MODEL.WEIGHTS`` is empty, a folder or not a file, or a URL that
+                cannot be downloaded.
         """
         self.cfg = cfg = cfg.clone()
         weights = cfg.MODEL.WEIGHTS
-        if not weights:
-            raise WeightsNotFoundError(
-                "no model weights: pass --weights (or MODEL.WEIGHTS) with a checkpoint, "
-                "e.g. output/<run>/model_final.pth from tools/train_net.py"
-            )
-        if "://" not in weights and not os.path.isfile(weights):
-            raise WeightsNotFoundError(
-                f"model weights {weights!r} not found; train a model with tools/train_net.py "
-                "and pass its model_final.pth / model_best.pth with --weights (or MODEL.WEIGHTS)"
-            )
+        check_weights_path(weights)  # empty, a folder, not found: one line each
         self.model = build_model(cfg)
         self.model.eval()
-        NucleusCheckpointer(self.model).load(weights)
+        NucleusCheckpointer(self.model, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).load(weights)
         self.augmentations = T.AugmentationList(build_nucleus_augmentation(cfg, is_train=False))
         self.input_format = cfg.INPUT.FORMAT
         self.batch_size = max(1, int(batch_size))

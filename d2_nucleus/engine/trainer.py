@@ -17,9 +17,26 @@ from ..modeling import NucleusRCNNWithTTA
 from ..utils.autocast import cpu_autocast
 from .trainable import freeze_all_but
 
-__all__ = ["NucleusTrainer"]
+__all__ = ["NucleusTrainer", "TrainingDiverged"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite (Detectron2's FloatingPointError), with a one-line message
+    naming the iteration and the losses."""
+
+
+class _NoTracebackForDivergence(logging.Filter):
+    """Detectron2's training loop logs every exception with its traceback ("Exception during
+    training:"); a diverged loss is reported in one line instead (tools/train_net.py)."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, TrainingDiverged)
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForDivergence())
 
 
 class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
@@ -49,7 +66,8 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         # strict=False: MODEL.WEIGHTS may be pretrained weights of another dataset (fine-tuning
         # rules in NucleusCheckpointer); resuming from last_checkpoint is always strict.
         self.checkpointer = NucleusCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self),
+            download_timeout=self.cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT,
         )
         ret = super().build_hooks()
         cfg = self.cfg
@@ -68,8 +86,16 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         return model
 
     def run_step(self):
-        with cpu_autocast(self.cfg):
-            super().run_step()
+        try:
+            with cpu_autocast(self.cfg):
+                super().run_step()
+        except FloatingPointError as e:  # "Loss became infinite or NaN at iteration=N!\nloss_dict = {...}"
+            losses = " ".join(str(e).split("loss_dict = ", 1)[-1].split()) if "loss_dict" in str(e) else ""
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at iteration {self.iter} ({losses}): training stopped; the "
+                "checkpoints saved before it are kept. Lower SOLVER.BASE_LR (or raise SOLVER.WARMUP_ITERS), "
+                "or check the data"
+            ) from None
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -107,7 +133,9 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         register_nucleus_datasets(resolve_data_root(cfg=cfg))
         check_nucleus_datasets(cfg.DATASETS.TEST)
         model = cls.build_model(cfg)
-        NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume
+        )
         res = cls.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))
