@@ -424,3 +424,19 @@ def test_image_outputs_min_visible(tmp_path):
         survivors = [0, 1, 2] if expected == 3 else [0, 2]
         np.testing.assert_array_equal(labels, rles_to_label_map(
             [rles[i] for i in survivors], 20, 20, scores=[[0.9, 0.8, 0.7][i] for i in survivors]))
+
+
+def test_images_beyond_max_size_test_warn_that_they_are_downscaled():
+    """INPUT.MAX_SIZE_TEST caps the model's input: a larger image is downscaled, its nuclei shrink;
+    prediction says so (issue 27) and names the tiled slide path."""
+    from d2_nucleus.engine.predictor import _warn_if_downscaled
+
+    cfg = get_nucleus_cfg(CONFIG, TINY_OPTS + ["INPUT.TEST_SCALE", "1.25", "INPUT.MAX_SIZE_TEST", "4000"])
+    with pytest.warns(UserWarning, match=r"6000x5000 image is downscaled to 4000x3333.*segment_slides"):
+        _warn_if_downscaled(cfg, 5000, 6000, (3333, 4000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_downscaled(cfg, 1000, 1000, (1250, 1250))  # the config's own upscale
+        cfg.INPUT.TEST_SCALE = 1.0
+        cfg.INPUT.MIN_SIZE_TEST = 800
+        _warn_if_downscaled(cfg, 1000, 1200, (800, 960))  # a short-edge resize by design

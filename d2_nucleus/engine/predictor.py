@@ -12,6 +12,7 @@ The rest of a prediction run lives next door: the inputs (:mod:`.inputs`), the r
 outputs (:mod:`.prediction`); images are read by :func:`d2_nucleus.data.image_io.read_image`.
 Those names are importable from here too.
 """
+import warnings
 from typing import List, Sequence
 
 import numpy as np
@@ -86,6 +87,7 @@ class NucleusPredictor:
             height, width = image.shape[:2]
             aug_input = T.AugInput(image)
             self.augmentations(aug_input)
+            _warn_if_downscaled(self.cfg, height, width, aug_input.image.shape[:2])
             tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": height, "width": width})
         outputs = []
@@ -107,6 +109,23 @@ class NucleusPredictor:
                 r.remove("pred_masks")
                 r.pred_rles = RLEList(rles)
         return results
+
+
+def _warn_if_downscaled(cfg, height: int, width: int, model_size) -> None:
+    """An image larger than INPUT.MAX_SIZE_TEST allows reaches the model smaller than the config's
+    scale asks (Detectron2's cap): its nuclei shrink. Say so, and where large images belong."""
+    cap = int(cfg.INPUT.MAX_SIZE_TEST)
+    if float(cfg.INPUT.TEST_SCALE) != 1.0:
+        scale = float(cfg.INPUT.TEST_SCALE)
+    else:  # Detectron2's short-edge resize (MIN_SIZE_TEST 0: native)
+        min_size = cfg.INPUT.MIN_SIZE_TEST
+        scale = min_size / min(height, width) if min_size else 1.0
+    if cap and abs(max(model_size) - cap) <= 1 and max(model_size) < 0.99 * scale * max(height, width):
+        warnings.warn(
+            f"a {width}x{height} image is downscaled to {model_size[1]}x{model_size[0]} for the model "
+            f"(INPUT.MAX_SIZE_TEST {cfg.INPUT.MAX_SIZE_TEST}): its nuclei are smaller than in training; "
+            "tools/segment_slides.py segments large images tile by tile at their resolution"
+        )
 
 
 from .prediction import PredictionSummary, check_outputs, run_prediction  # noqa: E402,F401  (re-exported)

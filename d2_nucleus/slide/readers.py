@@ -156,6 +156,8 @@ class ArraySource(SlideSource):
         if lower.endswith((".tif", ".tiff")):
             import tifffile
 
+            from ..data.image_io import MAX_SLIDE_IMAGE_PIXELS, BadImageError, check_decode_size
+
             self.format = "tiff"
             try:
                 with tifffile.TiffFile(path) as tif:
@@ -164,19 +166,22 @@ class ArraySource(SlideSource):
                     shape, dtype = page.shape, page.dtype
                 try:
                     array = tifffile.memmap(path, mode="r")  # uncompressed, contiguous only
-                except ValueError:
+                except ValueError:  # compressed: decoded whole, once its size is checked
+                    check_decode_size(path, shape[1], shape[0], MAX_SLIDE_IMAGE_PIXELS)
                     array = tifffile.imread(path, key=0)
+            except BadImageError as e:
+                raise SlideError(str(e)) from None
             except (OSError, ValueError, tifffile.TiffFileError) as e:
                 raise SlideError(f"{path}: cannot read TIFF ({e})") from e
             if dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
                 raise SlideError(f"{path}: expected an 8-bit RGB(A) TIFF, got {dtype} of shape {shape}")
             self._array = array
         else:
-            from ..data.image_io import read_image
+            from ..data.image_io import MAX_SLIDE_IMAGE_PIXELS, read_image
 
             self.format = "image"
-            try:
-                self._array = read_image(path, format="RGB")
+            try:  # the header is checked before decoding: a decompression bomb is refused, not decoded
+                self._array = read_image(path, format="RGB", max_pixels=MAX_SLIDE_IMAGE_PIXELS)
             except ValueError as e:  # BadImageError
                 raise SlideError(str(e)) from e
         h, w = self._array.shape[:2]
