@@ -173,6 +173,8 @@ def _short(e) -> str:
     m = re.match(r"Type mismatch \(<class '(?:[\w.]+\.)?(\w+)'> vs\. <class '(?:[\w.]+\.)?(\w+)'>\).* for config key: (\S+)$", msg)
     if m:
         want, got, key = _TYPE_NAMES.get(m[1], m[1]), _TYPE_NAMES.get(m[2], m[2]), m[3]
+        if (m[1], m[2]) == ("float", "int"):  # yacs does not widen 2 to 2.0
+            return f"{key} must be a number written with a decimal point (e.g. 2.0, not 2)"
         return f"{key} must be {want}, got {got}"
     return msg if len(msg) <= 300 else msg[:300] + " ..."
 

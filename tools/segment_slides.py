@@ -59,7 +59,10 @@ def setup_cfg(args):
     # Imported here: --help and argument errors return without loading torch / Detectron2.
     from d2_nucleus.config import get_inference_cfg
     from d2_nucleus.slide.config import set_slide_score_threshold
+    from d2_nucleus.utils.cli import check_flag_number
 
+    check_flag_number(args.mpp, "--mpp")
+    check_flag_number(args.model_mpp, "--model-mpp", zero_ok=True)
     cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
     for value, key in ((args.tile_size, "TILE_SIZE"), (args.overlap, "OVERLAP"), (args.batch_size, "BATCH_SIZE")):
         if value is not None:
@@ -116,4 +119,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2_nucleus.utils.cli import run_main
+
+    sys.exit(run_main(main, "segment_slides", "the same command continues where it stopped"))

@@ -89,10 +89,14 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         try:
             with cpu_autocast(self.cfg):
                 super().run_step()
-        except FloatingPointError as e:  # "Loss became infinite or NaN at iteration=N!\nloss_dict = {...}"
-            losses = " ".join(str(e).split("loss_dict = ", 1)[-1].split()) if "loss_dict" in str(e) else ""
+        except FloatingPointError as e:
+            # Detectron2: "Loss became infinite or NaN at iteration=N!\nloss_dict = {...}", or the RPN's
+            # "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+            text = str(e)
+            detail = text.split("loss_dict = ", 1)[1] if "loss_dict = " in text else text
             raise TrainingDiverged(
-                f"the loss became NaN or infinite at iteration {self.iter} ({losses}): training stopped; the "
+                f"the loss became NaN or infinite at iteration {self.iter} ({' '.join(detail.split())}): "
+                "training stopped; the "
                 "checkpoints saved before it are kept. Lower SOLVER.BASE_LR (or raise SOLVER.WARMUP_ITERS), "
                 "or check the data"
             ) from None
