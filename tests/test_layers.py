@@ -14,7 +14,7 @@ PACKAGE = os.path.join(ROOT, "d2_nucleus")
 LAYERS = {
     "utils": 1,
     "config": 2,
-    "compat": 3, "checkpoint": 3, "data": 3,
+    "checkpoint": 3, "data": 3,
     "modeling": 4, "evaluation": 4,
     "export": 5,
     "measurements": 6,

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import shapely.geometry
 from PIL import Image
 from skimage.color import combine_stains, rgb2hed
 from skimage.draw import ellipse
@@ -214,8 +215,11 @@ def test_geojson_with_measurements_is_valid(tmp_path):
     rows = qupath_measurements(columns, 0.25)
     geo = json.loads(json.dumps(rles_to_geojson(rles, np.ones(len(rles)), measurements=rows), allow_nan=False))
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(masks)
-    for feature, area, perimeter in zip(geo["features"], columns["area_um2"], columns["perimeter_px"]):
-        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    for feature, area, area_px, perimeter in zip(geo["features"], columns["area_um2"], columns["area_px"],
+                                                 columns["perimeter_px"]):
+        assert feature["type"] == "Feature"
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == area_px  # QuPath's own area = the table's (issue 27)
         m = feature["properties"]["measurements"]
         assert m["Area µm^2"] == pytest.approx(area) and m["Detection score"] == 1
         assert {"Perimeter µm", "Solidity", "Hematoxylin OD mean", "Eosin OD std dev"} <= set(m)

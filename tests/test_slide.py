@@ -14,19 +14,18 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import shapely.geometry
 import torch
 from detectron2.structures import Boxes, Instances
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.data.synthetic_slide import write_synthetic_slide
+from d2_nucleus.data.slide_readers import SlideError, choose_level, open_slide
 from d2_nucleus.slide import (
-    SlideError,
     TileGrid,
     batch_tiles,
-    choose_level,
     detect_tissue,
-    open_slide,
     read_tile,
     segment_slide,
     slide_geometry,
@@ -275,6 +274,11 @@ def test_seams_each_nucleus_once_and_whole(label_slide, tmp_path):
     assert len(features) == len(gt)
     assert {f["properties"]["classification"]["name"] for f in features} == {"Nucleus"}
     assert len({f["id"] for f in features}) == len(features)
+    # each polygon is its nucleus' pixels: valid, area == the table's area_px (issue 27)
+    table = pq.read_table(os.path.join(tmp_path, "labels.parquet")).to_pydict()
+    for feature, area in zip(features, table["area_px"]):
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == area
     # the default tolerance keeps the same nuclei (nuclei on a seam are claimed twice, one copy dropped)
     summary = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "default"), progress=False)
     assert summary["nuclei"] == len(gt) and summary["nuclei_cut_at_tile_edges"] == 0
@@ -398,9 +402,9 @@ def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     assert table.num_rows == summary["nuclei"]
     xs, ys = np.asarray(table["centroid_x"]), np.asarray(table["centroid_y"])
     assert ((xs >= 0) & (xs < 700) & (ys >= 0) & (ys < 600)).all()  # level-0 px of the slide
-    for feature in features:
-        ring = np.asarray(feature["geometry"]["coordinates"][0])
-        assert ring.shape[1] == 2 and (ring[0] == ring[-1]).all()
+    for feature, area in zip(features, table["area_px"].to_pylist()):
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == pytest.approx(area, abs=1)  # level 0 at 0.252 um/px: scaled
         assert feature["properties"]["measurements"]["Detection score"] >= 0.0
     assert cv2.imread(str(out / "good.overview.png")) is not None
     # the same command again: complete slides are not redone

@@ -7,8 +7,10 @@ cannot be built d2_nucleus warns once and uses PyTorch's kernels.
 
     python tools/build_native.py [-v]
 
-The cache is $D2_NUCLEUS_NATIVE_CACHE (default ~/.cache/d2_nucleus/native), one build per source
-version, torch version and CPU model. Exit status 1 (one line on stderr) if the build fails.
+The cache is $D2_NUCLEUS_NATIVE_CACHE (default ~/.cache/d2_nucleus/native), one build per
+environment: sources, flags, torch (version, location, include paths), Python, compiler and CPU
+(model and flags); see d2_nucleus/modeling/cpu/native.py. Exit status 1 (one line on stderr) if the
+build fails.
 """
 import argparse
 import sys

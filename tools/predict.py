@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from d2_nucleus.utils.cli import quiet_known_warnings
+from d2_nucleus.utils.cli import check_flag_number, quiet_known_warnings, run_main
 
 
 def get_parser():
@@ -85,6 +85,7 @@ def main(argv=None):
     from d2_nucleus.utils.file_io import output_transaction
 
     try:
+        check_flag_number(args.mpp, "--mpp", zero_ok=True)
         cfg = setup_cfg(args)  # one-line ConfigError for a missing file, a bad key or odd overrides
         items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
         zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None
@@ -130,4 +131,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "predict", "nothing was written (outputs appear together at the end)"))

@@ -67,4 +67,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2_nucleus.utils.cli import run_main
+
+    sys.exit(run_main(main, "segment_slides", "the same command continues where it stopped"))

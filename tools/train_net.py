@@ -9,7 +9,8 @@ Train or evaluate a d2_nucleus model.
     python tools/train_net.py --config-file ... --num-gpus 8      # multi-GPU (torch DDP)
 
 Bad input (config, overrides, weights, data, OUTPUT_DIR) stops the run before training with a
-one-line error naming the file and exit status 2.
+one-line error naming the file and exit status 2; a loss that becomes NaN stops it with one line
+naming the iteration (exit status 1); Ctrl-C with one line (exit status 130).
 """
 import glob
 import os
@@ -20,12 +21,13 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2_nucleus.compat import WeightsError
+from d2_nucleus.checkpoint import WeightsError, check_weights_path
 from d2_nucleus.config import ConfigError, get_nucleus_cfg
 from d2_nucleus.data.datasets import prepare_nucleus_datasets
 from d2_nucleus.engine import NucleusTrainer
+from d2_nucleus.engine.trainer import TrainingDiverged
 from d2_nucleus.modeling.cpu.malloc import tune_process
-from d2_nucleus.utils.cli import error_line
+from d2_nucleus.utils.cli import error_line, run_main
 from d2_nucleus.utils.file_io import OutputExistsError, check_writable_dir
 
 PROG = "train_net"
@@ -76,6 +78,8 @@ def setup(args):
     check_output_dir(cfg, args)
     # Data before anything is written: a missing val annotation file stops the run now.
     prepare_nucleus_datasets(cfg, list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if cfg.MODEL.WEIGHTS and not args.resume:  # a folder or a missing file, before anything is written
+        check_weights_path(cfg.MODEL.WEIGHTS)
     default_setup(cfg, args)
     tune_process(cfg)  # glibc malloc thresholds: process-wide, so set by the entry point
     # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt
@@ -97,7 +101,11 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
     except USER_ERRORS as e:
         _fail(e)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingDiverged as e:  # a NaN / infinite loss: one line naming the iteration
+        print(error_line(PROG, e), file=sys.stderr)
+        sys.exit(1)
 
 
 def get_parser():
@@ -120,11 +128,11 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
+    sys.exit(run_main(lambda: launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
-    )
+    ), PROG, "the checkpoints saved so far are kept; --resume continues from the last one"))

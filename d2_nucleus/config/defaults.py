@@ -24,6 +24,10 @@ def add_nucleus_config(cfg):
     cfg.NUCLEUS.EXTRA_DATA_ROOTS = ()
     # Binarisation threshold of the mask head's probabilities.
     cfg.NUCLEUS.MASK_THRESHOLD = 0.5
+    # Seconds a download of http(s):// or detectron2:// weights (MODEL.WEIGHTS, --weights) may wait
+    # for the server at each step (connecting, each read) before the run stops with an error
+    # (checkpoint.fetch_weights; 0 = wait forever). A server that accepts and never answers would hang.
+    cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT = 60.0
     # The resolution the model works at, in micrometres per pixel: the training data's (MoNuSeg, 40x
     # scans: TRAINING_DATA_MPP). Inputs of another resolution (tools/predict.py --mpp, a slide's
     # metadata) are resized to it for detection; outputs stay in the input's pixels.

@@ -6,36 +6,20 @@ PointRend's and d2_nucleus's keys, a YAML file, command-line overrides) and its 
 today's (:mod:`.legacy`).
 """
 import logging
-import os
+import re
 
 import yaml
-from detectron2.config import CfgNode
 
-from ..utils.autocast import resolve_cpu_bf16
-from .cpu import add_cpu_config, check_cpu_config
+from .checks import check_config_values
+from .cpu import add_cpu_config
 from .defaults import add_nucleus_config
-from .legacy import translate_legacy_dict, translate_legacy_list
+from .errors import ConfigError
+from .legacy import translate_legacy_list
 from .slide import add_slide_config
+from .yaml_io import load_config_yaml
 
 __all__ = ["ConfigError", "add_all_config", "check_device", "get_inference_cfg", "get_nucleus_cfg",
            "merge_config_file", "merge_config_list"]
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file (or override)."""
-
-
-class _SafeYamlLoader(CfgNode):
-    """
-    Detectron2's ``load_yaml_with_base`` with every file of the ``_BASE_`` chain read by
-    ``yaml.safe_load`` and its keys of earlier d2_nucleus versions translated (:mod:`.legacy`).
-    Used to load files only; configs stay Detectron2's :class:`CfgNode`.
-    """
-
-    @classmethod
-    def load_yaml_with_base(cls, filename, allow_unsafe=False):
-        loaded = super().load_yaml_with_base(filename, allow_unsafe=False)
-        return translate_legacy_dict(loaded, str(filename)) if isinstance(loaded, dict) else loaded
 
 
 def add_all_config(cfg):
@@ -53,6 +37,23 @@ def _one_line(e) -> str:
     return " ".join(str(e).split())
 
 
+_TYPE_NAMES = {"CfgNode": "a mapping of keys", "dict": "a mapping of keys", "str": "a string", "int": "an integer",
+               "float": "a number", "bool": "a boolean", "tuple": "a list", "list": "a list", "NoneType": "null"}
+
+
+def _short(e) -> str:
+    """One line; yacs's "Type mismatch" message (which prints both values, a whole sub-config or
+    a huge list) cut to the key and the two types."""
+    msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
+    m = re.match(r"Type mismatch \(<class '(?:[\w.]+\.)?(\w+)'> vs\. <class '(?:[\w.]+\.)?(\w+)'>\).* for config key: (\S+)$", msg)
+    if m:
+        want, got, key = _TYPE_NAMES.get(m[1], m[1]), _TYPE_NAMES.get(m[2], m[2]), m[3]
+        if (m[1], m[2]) == ("float", "int"):  # yacs does not widen 2 to 2.0
+            return f"{key} must be a number written with a decimal point (e.g. 2.0, not 2)"
+        return f"{key} must be {want}, got {got}"
+    return msg if len(msg) <= 300 else msg[:300] + " ..."
+
+
 def _merge_loaded(cfg, loaded, config_file) -> None:
     """Merge a loaded file into ``cfg`` as Detectron2's ``CfgNode.merge_from_file`` does (its versioning)."""
     from detectron2.config.compat import downgrade_config, guess_version, upgrade_config
@@ -64,8 +65,8 @@ def _merge_loaded(cfg, loaded, config_file) -> None:
     if version == cfg.VERSION:
         cfg.merge_from_other_cfg(loaded)
         return
-    if version > cfg.VERSION:
-        raise ConfigError(f"{config_file}: config VERSION {version} is newer than this Detectron2's {cfg.VERSION}")
+    if not isinstance(version, int) or version > cfg.VERSION:
+        raise ConfigError(f"{config_file}: VERSION {version!r} is not a config version up to {cfg.VERSION}")
     old = downgrade_config(cfg, to_version=version)
     old.merge_from_other_cfg(loaded)
     cfg.clear()
@@ -74,16 +75,16 @@ def _merge_loaded(cfg, loaded, config_file) -> None:
 
 def merge_config_file(cfg, config_file):
     """
-    ``cfg.merge_from_file`` that never runs code: the file and its ``_BASE_`` chain are read with
-    ``yaml.safe_load`` (``allow_unsafe=False``; Detectron2's default falls back to
-    ``yaml.unsafe_load``, which executes ``!!python/...`` tags). Every problem is a one-line
-    :class:`ConfigError` naming the file.
+    ``cfg.merge_from_file`` that never runs code and never expands without bound: the file and
+    its ``_BASE_`` chain are read by :func:`load_config_yaml` (``yaml.SafeLoader``; Detectron2's
+    default falls back to ``yaml.unsafe_load``, which executes ``!!python/...`` tags; keys of
+    earlier versions read as today's), then merged as Detectron2's ``CfgNode.merge_from_file``
+    does (config versions included). Every problem is a one-line :class:`ConfigError` naming the file.
     """
-    if not os.path.isfile(config_file):
-        what = "is a folder" if os.path.isdir(config_file) else "does not exist"
-        raise ConfigError(f"config file {config_file!r} {what}")
     try:
-        _merge_loaded(cfg, _SafeYamlLoader.load_yaml_with_base(config_file), config_file)
+        _merge_loaded(cfg, load_config_yaml(config_file), config_file)
+    except ConfigError:
+        raise
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{mark.name}, line {mark.line + 1}" if mark is not None else config_file
@@ -95,10 +96,11 @@ def merge_config_file(cfg, config_file):
         raise ConfigError(f"{config_file}: not valid YAML: {_one_line(e)}") from None
     except (KeyError, ValueError, TypeError, AssertionError) as e:
         # KeyError "Non-existent config key: X", ValueError/TypeError on a value of the wrong type
-        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
-        raise ConfigError(f"{config_file}: {msg}") from None
-    except OSError as e:  # a _BASE_ that does not exist
-        raise ConfigError(f"{config_file}: {e.strerror or e}: {getattr(e, 'filename', '') or ''}".rstrip(": ")) from None
+        raise ConfigError(f"{config_file}: {_short(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{config_file}: nested too deeply to be a config") from None
+    except OSError as e:  # unreadable
+        raise ConfigError(f"{config_file}: {e.strerror or e}") from None
 
 
 def merge_config_list(cfg, opts):
@@ -111,8 +113,7 @@ def merge_config_list(cfg, opts):
     try:
         cfg.merge_from_list(translate_legacy_list(cfg, opts))
     except (KeyError, ValueError, TypeError, AssertionError) as e:
-        msg = _one_line(e.args[0] if isinstance(e, KeyError) and e.args else e)
-        raise ConfigError(f"command-line config override: {msg}") from None
+        raise ConfigError(f"command-line config override: {_short(e)}") from None
 
 
 def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
@@ -122,8 +123,9 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
     Falls back to the CPU with a warning when the config asks for CUDA and none is available.
 
     Raises:
-        ConfigError: a missing or unsafe config file, an unknown key, a bad value, or an odd
-            number of overrides (one line naming the file or override).
+        ConfigError: a missing or unsafe config file, an unknown key, a bad value (of the wrong
+            type, or one no run can use: :func:`check_config_values`), or an odd number of
+            overrides (one line naming the file or override).
     """
     import torch
     from detectron2.config import get_cfg
@@ -135,11 +137,8 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
         merge_config_list(cfg, opts)
     if data_root:
         cfg.NUCLEUS.DATA_ROOT = data_root
-    try:
-        check_cpu_config(cfg)
-        resolve_cpu_bf16(cfg.SOLVER.CPU_BF16)
-    except ValueError as e:
-        raise ConfigError(f"{config_file or 'config'}: {e}") from None
+    source = " and ".join(([config_file] if config_file else []) + (["the command-line overrides"] if opts else []))
+    check_config_values(cfg, source or "the default config")
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logging.getLogger(__name__).warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu).")
         cfg.MODEL.DEVICE = "cpu"

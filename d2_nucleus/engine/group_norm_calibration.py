@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from detectron2.modeling import build_model
 
-from ..compat import NucleusCheckpointer
+from ..checkpoint import NucleusCheckpointer
 from ..data.datasets import prepare_nucleus_datasets
 from ..modeling.frozen_group_norm import calibrate_frozen_group_norms, convert_frozen_group_norms
 from ..utils.autocast import cpu_autocast
@@ -40,7 +40,7 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     dataset = dataset or cfg.DATASETS.TRAIN[0]
     prepare_nucleus_datasets(cfg, [dataset])
     model = build_model(cfg)
-    NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    NucleusCheckpointer(model, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).load(cfg.MODEL.WEIGHTS)
     model.eval()
     if convert_frozen_group_norms(model.backbone) == 0:
         raise ValueError(f"the backbone of this config has no GroupNorm (MODEL.RESNETS.NORM {cfg.MODEL.RESNETS.NORM!r})")

@@ -5,7 +5,7 @@ per-image outputs of a prediction run (answer.json's COCO results are made by
 :mod:`d2_nucleus.evaluation.coco_results`, the evaluator's converter).
 """
 from ..utils.lazy import lazy_attributes
-from .geojson import mask_to_polygon, rles_to_geojson, write_geojson
+from .geojson import geometry_to_mask, mask_to_geometry, rles_to_geojson, write_geojson
 from .image_outputs import image_output_paths, write_image_outputs
 from .label_maps import label_map_path, write_label_map
 from .overlay import draw_overlay, write_overlay

@@ -6,7 +6,6 @@ Names are imported on first use (PEP 562): the tools' flags (:mod:`.options`) lo
 from ..utils.lazy import lazy_attributes
 
 _LAZY = {
-    ".readers": ("SlideError", "SlideSource", "choose_level", "open_slide"),
     ".tiling": ("SlideGeometry", "Tile", "TileGrid", "batch_tiles", "read_tile", "slide_geometry"),
     ".tissue": ("detect_tissue", "load_tissue_mask", "slide_thumbnail"),
     ".stitching": ("NucleusRecord", "SeamStitcher", "crop_iou", "tile_records"),

@@ -8,7 +8,6 @@ each slide its own) and ``--overwrite`` / ``--quiet`` are about the run, not the
 they stay arguments.
 """
 import argparse
-import math
 from typing import Callable, Dict, Tuple
 
 __all__ = ["FLAG_KEYS", "add_slide_arguments", "check_slide_args", "slide_cfg_from_args"]
@@ -28,19 +27,6 @@ FLAG_KEYS: Dict[str, Tuple[str, Callable]] = {
 }
 
 
-def _positive_float(name: str):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0):
-            raise argparse.ArgumentTypeError(f"{name} must be a positive number, got {text!r}")
-        return value
-
-    return parse
-
-
 def add_slide_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The flags every slide tool takes (its own positional inputs and extra flags aside)."""
     p.add_argument("--config-file", required=True, metavar="FILE", help="model config (YAML)")
@@ -52,10 +38,10 @@ def add_slide_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=int, default=None,
                    help="px neighbouring tiles share; at least the largest nucleus (default: SLIDE.OVERLAP)")
     p.add_argument("--batch-size", type=int, default=None, help="tiles per forward pass (default: SLIDE.BATCH_SIZE)")
-    p.add_argument("--mpp", type=_positive_float("--mpp"), default=None,
+    p.add_argument("--mpp", type=float, default=None,
                    help="microns per pixel of the slides' full resolution; required when a file does not "
                    "say it, overrides the file's metadata otherwise")
-    p.add_argument("--model-mpp", type=_positive_float("--model-mpp"), default=None,
+    p.add_argument("--model-mpp", type=float, default=None,
                    help="microns per pixel the model works at (default: MODEL.PIXEL_SIZE_UM, 0.25)")
     p.add_argument("--score-thresh", type=float, default=None,
                    help="keep nuclei scoring at least this (default: TEST.LABEL_MAP_SCORE_THRESH)")
@@ -81,7 +67,11 @@ def add_slide_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def check_slide_args(args) -> None:
-    """Raise ValueError (one line) for flags that contradict each other."""
+    """Raise ValueError (one line) for flag values no run can use and flags that contradict each other."""
+    from ..utils.cli import check_flag_number
+
+    check_flag_number(args.mpp, "--mpp")
+    check_flag_number(args.model_mpp, "--model-mpp")
     if args.tissue_mask and args.no_tissue_mask:
         raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
 

@@ -41,7 +41,7 @@ from .measure import measure_tile, slide_stain_matrix
 from .outputs import SlideOutputs
 from .overview import DensityMap, write_overview
 from .prefetch import prefetch_batches
-from .readers import SlideError, SlideSource, open_slide
+from ..data.slide_readers import SlideError, SlideSource, open_slide
 from .stitching import tile_records
 from .tiling import TileGrid, batch_tiles, slide_geometry
 from .tissue import detect_tissue, load_tissue_mask, mask_area_mm2, slide_thumbnail

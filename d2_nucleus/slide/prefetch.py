@@ -7,7 +7,7 @@ from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
 
-from .readers import SlideSource
+from ..data.slide_readers import SlideSource
 from .tiling import SlideGeometry, Tile, read_tile
 
 __all__ = ["prefetch_batches"]

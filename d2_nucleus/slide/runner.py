@@ -11,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..utils.file_io import OutputExistsError
 from .pipeline import segment_slide
-from .readers import SlideError
+from ..data.slide_readers import SlideError
 
 __all__ = ["SLIDE_ERRORS", "run_one_slide", "segment_slides", "slide_error_message"]
 

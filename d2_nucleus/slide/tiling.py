@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .readers import SlideSource, choose_level
+from ..data.slide_readers import SlideSource, choose_level
 
 __all__ = ["SlideGeometry", "slide_geometry", "Tile", "TileGrid", "batch_tiles", "read_tile"]
 

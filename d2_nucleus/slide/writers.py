@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import pyarrow as pa
 
-from ..export.geojson import detection_feature, mask_to_polygon, write_geojson_features
+from ..export.geojson import detection_feature, mask_to_geometry, write_geojson_features
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
 from ..measurements.figure import FIGURE_COLUMNS, write_distributions
 from ..measurements.masks import BoxMasks
@@ -100,9 +100,9 @@ def write_nuclei(cfg, tiles: Sequence[Tile], grid: TileGrid, geometry: SlideGeom
                 table.write(columns)
                 density.add(columns["centroid_x"], columns["centroid_y"])
                 for nid, record, mask, more in zip(ids, records, masks, extra):
-                    ring = np.asarray(mask_to_polygon(mask, record.x0, record.y0)) * s  # level-0
+                    shape = mask_to_geometry(mask, record.x0, record.y0, scale=s)  # level-0 pixels
                     feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{stem}/{nid}"))
-                    yield detection_feature(np.round(ring, 2).tolist(), feature_id, record.score, measurements=more)
+                    yield detection_feature(shape, feature_id, record.score, measurements=more)
 
         write_geojson_features(features(), outputs.geojson, overwrite=overwrite)
     counts["duplicates"] = stitcher.duplicates

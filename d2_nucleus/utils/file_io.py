@@ -275,12 +275,20 @@ def atomic_write(path: str, overwrite: bool = False, mode: str = "wb"):
         os.replace(tmp, path)
         with _lock:
             _live_temps.discard(tmp)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         with _lock:
             _live_temps.discard(tmp)
+        _raise_naming(e, path)
         raise
+
+
+def _raise_naming(e: BaseException, path: str) -> None:
+    """An OSError of writing (ENOSPC "No space left on device", EDQUOT, EIO, EFBIG, ...) that names
+    no file is raised again naming ``path``: the user learns which output did not fit."""
+    if isinstance(e, OSError) and e.errno and not e.filename and not isinstance(e, OutputExistsError):
+        raise OSError(e.errno, f"{path}: {e.strerror or os.strerror(e.errno)} (writing it; nothing was written)") from None
 
 
 def atomic_write_text(path: str, text: str, overwrite: bool = False) -> None:
@@ -329,8 +337,9 @@ def atomic_output_dir(path: str, overwrite: bool = False) -> Iterator[str]:
                 shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_naming(e, path)
         raise
     finally:
         with _lock:

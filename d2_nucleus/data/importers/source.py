@@ -166,7 +166,7 @@ def read_json(path: str):
 class ImageFile:
     """
     An image read through the project's readers: a slide (any file OpenSlide opens) by region
-    (:mod:`d2_nucleus.slide.readers`), anything else whole (:func:`d2_nucleus.data.image_io.read_image`).
+    (:mod:`d2_nucleus.data.slide_readers`), anything else whole (:func:`d2_nucleus.data.image_io.read_image`).
     ``size`` is (height, width) of level 0; ``mpp`` its resolution from the file's metadata
     (slide properties, TIFF resolution tags) when plausible, else None; ``note`` says why a value
     was ignored.
@@ -187,7 +187,7 @@ class ImageFile:
             vendor = None
         raw_mpp = None
         if vendor is not None:
-            from ...slide.readers import OpenSlideSource, SlideError
+            from ..slide_readers import OpenSlideSource, SlideError
 
             try:
                 self._slide = OpenSlideSource(path)
@@ -235,11 +235,11 @@ def tiff_mpp(path: str) -> Optional[float]:
     """Microns per pixel from a TIFF's resolution tags (first page), None when absent or unreadable."""
     import tifffile
 
-    from ...slide.readers import _tiff_mpp  # the one reader of TIFF resolution tags
+    from ..slide_readers import tiff_mpp  # the one reader of TIFF resolution tags
 
     try:
         with tifffile.TiffFile(path) as tif:
-            mpp = _tiff_mpp(tif.pages[0])
+            mpp = tiff_mpp(tif.pages[0])
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
     return mpp[0] if mpp else None

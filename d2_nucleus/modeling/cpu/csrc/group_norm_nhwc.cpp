@@ -1,6 +1,6 @@
 // GroupNorm (+ ReLU) of channels-last CPU maps, and its gradient: d2_nucleus::group_norm_nhwc,
 // d2_nucleus::group_norm_nhwc_train, d2_nucleus::group_norm_nhwc_backward. Built by
-// d2_nucleus/modeling/native.py.
+// d2_nucleus/modeling/cpu/native.py.
 //
 // PyTorch's channels-last GroupNorm is slow on the RoI heads' batches (hundreds of 7 x 7 or
 // 14 x 14 RoIs; its NCHW kernel needs a layout copy each way: modeling/group_norm.py) and its

@@ -1,5 +1,5 @@
 // IoU of every pair of two sets of boxes (x0, y0, x1, y1), float32, CPU: d2_nucleus::pairwise_iou.
-// Built by d2_nucleus/modeling/native.py.
+// Built by d2_nucleus/modeling/cpu/native.py.
 //
 // Detectron2's pairwise_iou builds several [N, M, 2] temporaries; matching a 512 px training crop's
 // ~65,000 anchors against its hundreds of nuclei made it a fifth of a CPU training step. This

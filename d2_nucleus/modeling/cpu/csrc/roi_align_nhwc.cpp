@@ -1,6 +1,6 @@
 // RoIAlign over the levels of a feature pyramid for channels-last (NHWC) CPU feature maps, and its
 // gradient: d2_nucleus::roi_align_nhwc, d2_nucleus::roi_align_nhwc_backward. Built by
-// d2_nucleus/modeling/native.py.
+// d2_nucleus/modeling/cpu/native.py.
 //
 // torchvision's CPU RoIAlign reads NCHW float32 input and computes one channel at a time with
 // scalar code; this kernel computes the bilinear weights of a sample once and applies them to

@@ -1,4 +1,4 @@
-"""The runtime compatibility layer (d2_nucleus.compat) and the Detectron2 install."""
+"""Weights loading (d2_nucleus.checkpoint), the trainer state on resume (engine.trainer_state) and the Detectron2 install."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,8 @@ import pytest
 import torch
 from detectron2.engine import DefaultTrainer
 
-from d2_nucleus.compat import NucleusCheckpointer, TrainerStateMixin, WeightsNotFoundError, _defines_trainer_state
+from d2_nucleus.checkpoint import NucleusCheckpointer, WeightsNotFoundError
+from d2_nucleus.engine.trainer_state import TrainerStateMixin, _defines_trainer_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

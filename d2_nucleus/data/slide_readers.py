@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """
-Slides and large images read by region.
+Slides and large images read by region (the data layer's reader of whole slides: the slide
+pipeline and the annotation importers both read slides through it).
 
 * :class:`OpenSlideSource`: every format OpenSlide reads (Aperio .svs, Hamamatsu .ndpi, MIRAX
   .mrxs, Leica .scn, Philips, Ventana, generic tiled/pyramidal TIFF, ...), read region by region
@@ -27,6 +28,7 @@ __all__ = [
     "ArraySource",
     "open_slide",
     "choose_level",
+    "tiff_mpp",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ class OpenSlideSource(SlideSource):
         self._slide.close()
 
 
-def _tiff_mpp(page) -> Optional[Tuple[float, float]]:
+def tiff_mpp(page) -> Optional[Tuple[float, float]]:
     """Micrometres per pixel from the TIFF resolution tags (unit centimetre or inch)."""
     tags = page.tags
     try:
@@ -156,27 +158,32 @@ class ArraySource(SlideSource):
         if lower.endswith((".tif", ".tiff")):
             import tifffile
 
+            from .image_io import MAX_SLIDE_IMAGE_PIXELS, BadImageError, check_decode_size
+
             self.format = "tiff"
             try:
                 with tifffile.TiffFile(path) as tif:
                     page = tif.pages[0]
-                    self.mpp = _tiff_mpp(page)
+                    self.mpp = tiff_mpp(page)
                     shape, dtype = page.shape, page.dtype
                 try:
                     array = tifffile.memmap(path, mode="r")  # uncompressed, contiguous only
-                except ValueError:
+                except ValueError:  # compressed: decoded whole, once its size is checked
+                    check_decode_size(path, shape[1], shape[0], MAX_SLIDE_IMAGE_PIXELS)
                     array = tifffile.imread(path, key=0)
+            except BadImageError as e:
+                raise SlideError(str(e)) from None
             except (OSError, ValueError, tifffile.TiffFileError) as e:
                 raise SlideError(f"{path}: cannot read TIFF ({e})") from e
             if dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (3, 4):
                 raise SlideError(f"{path}: expected an 8-bit RGB(A) TIFF, got {dtype} of shape {shape}")
             self._array = array
         else:
-            from ..data.image_io import read_image
+            from .image_io import MAX_SLIDE_IMAGE_PIXELS, read_image
 
             self.format = "image"
-            try:
-                self._array = read_image(path, format="RGB")
+            try:  # the header is checked before decoding: a decompression bomb is refused, not decoded
+                self._array = read_image(path, format="RGB", max_pixels=MAX_SLIDE_IMAGE_PIXELS)
             except ValueError as e:  # BadImageError
                 raise SlideError(str(e)) from e
         h, w = self._array.shape[:2]

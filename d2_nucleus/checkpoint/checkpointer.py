@@ -1,150 +1,25 @@
 # -*- coding: utf-8 -*-
 """
-What Detectron2 v0.6 (as installed by tools/install_detectron2.py) still needs at run time on
-current PyTorch. Everything here is a no-op where the installed Detectron2 already does it, so a
-complete source build (with ``detectron2._C``, or a newer release) is used as it is.
-
-1. :class:`NucleusCheckpointer` is the one loading policy for every weights file and URL
-   (``MODEL.WEIGHTS``, ``--weights``, ``last_checkpoint``; ``detectron2://`` and http(s) URLs are
-   downloaded first, then go through the same policy); see :meth:`NucleusCheckpointer._load_file`
-   and :meth:`NucleusCheckpointer._load_model`. Untrusted files never run code; weights that do
-   not fit the model stop the run instead of leaving a half-random model.
-2. :class:`TrainerStateMixin` puts the optimizer (and AMP grad-scaler) state into training
-   checkpoints and restores it on ``--resume``: v0.6's ``DefaultTrainer`` saves only the iteration
-   and the LR-scheduler hook, so a resumed run loses its momentum. Newer Detectron2 versions save
-   ``"_trainer"`` themselves; then the mixin does nothing.
+:class:`NucleusCheckpointer`: the one loading policy for every weights file and URL
+(``MODEL.WEIGHTS``, ``--weights``, ``last_checkpoint``; URLs are downloaded first by
+:func:`.weights.fetch_weights`, then go through the same policy). Untrusted files never run code
+(:mod:`.safe_load`); weights that do not fit the model stop the run instead of leaving a
+half-random model. It is a no-op layer where the installed Detectron2 already does the same.
 """
-import collections
-import io
 import logging
 import os
-import pickle
 import re
-import zipfile
 
-import numpy as np
 import torch
-
-try:  # NumPy 2 (numpy.core is a deprecated alias there)
-    from numpy._core import multiarray as _np_multiarray
-    from numpy._core.numeric import _frombuffer as _np_frombuffer
-except ImportError:  # NumPy 1
-    from numpy.core import multiarray as _np_multiarray
-    from numpy.core.numeric import _frombuffer as _np_frombuffer
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine.train_loop import TrainerBase
 
-from .utils.file_io import atomic_write, atomic_write_text
+from ..utils.file_io import atomic_write, atomic_write_text
+from .safe_load import safe_unpickle, torch_load
+from .weights import OFFLINE_HINT, WeightsError, WeightsMismatchError, WeightsNotFoundError, fetch_weights
 
-__all__ = [
-    "NucleusCheckpointer",
-    "TrainerStateMixin",
-    "WeightsError",
-    "WeightsNotFoundError",
-    "WeightsMismatchError",
-    "safe_unpickle",
-]
+__all__ = ["NucleusCheckpointer"]
 
 logger = logging.getLogger(__name__)
-
-OFFLINE_HINT = (
-    "Without network access, train from scratch instead: use a config from configs/scratch/ "
-    "(GroupNorm, MODEL.WEIGHTS \"\"), or pass MODEL.WEIGHTS pointing at a local file."
-)
-
-
-class WeightsError(RuntimeError):
-    """Model weights that cannot be used: unsafe, unreadable, or not fitting the model."""
-
-
-class WeightsNotFoundError(FileNotFoundError):
-    pass
-
-
-class WeightsMismatchError(WeightsError):
-    """The weights are of another architecture (or hold nothing of this model)."""
-
-
-# -------------------------------------------------------------------------------------------------
-# Pickles (.pkl): Detectron2 / Caffe2 model-zoo files are pickled dicts of NumPy arrays. They are
-# read with an Unpickler that can build only those (NumPy arrays, dtypes and scalars, and Python's
-# plain containers), so a crafted pickle cannot call anything: ``find_class`` is the only way a
-# pickle reaches code, and it refuses every other name.
-# -------------------------------------------------------------------------------------------------
-_SAFE_PICKLE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _np_multiarray._reconstruct,
-    ("numpy.core.multiarray", "scalar"): _np_multiarray.scalar,
-    ("numpy._core.multiarray", "scalar"): _np_multiarray.scalar,
-    # protocol 5 pickles: an array from its raw bytes, dtype and shape
-    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
-    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    # Python 3 pickles (protocol < 3) of NumPy arrays store their bytes as _codecs.encode(str, "latin1")
-    ("_codecs", "encode"): __import__("_codecs").encode,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "bytearray"): bytearray,
-    ("__builtin__", "set"): set,
-    ("__builtin__", "frozenset"): frozenset,
-    ("__builtin__", "bytearray"): bytearray,
-}
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        try:
-            return _SAFE_PICKLE_GLOBALS[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"it needs {module}.{name}, which is not NumPy data") from None
-
-
-def safe_unpickle(f, filename: str = "<pickle>"):
-    """
-    Unpickle ``f`` (a binary file) allowing only NumPy arrays and plain containers; anything else
-    (a function call, a class) raises :class:`WeightsError` before it runs.
-    """
-    try:
-        # latin1: Python 2 pickles of the Caffe2 / Detectron1 model zoo (as Detectron2 reads them)
-        return _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{filename}: refusing to unpickle: {e} (only NumPy arrays and plain containers are "
-            "loaded from .pkl files)"
-        ) from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
-        raise WeightsError(f"{filename}: not a readable .pkl weights file (truncated or corrupt: {e})") from None
-
-
-def _torch_load(filename: str, f):
-    """``torch.load`` of tensors and plain containers only. ``weights_only=True`` is passed
-    explicitly, so TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn arbitrary unpickling back on."""
-    data = f.read()
-    try:
-        return torch.load(io.BytesIO(data), map_location=torch.device("cpu"), weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for bad files
-        text = str(e)
-        # torch's weights_only unpickler names the global a pickle wants to call; other errors are
-        # damaged or foreign files
-        detail = re.search(r"(unsupported GLOBAL|Unsupported global:?) ([\w.]+)", text)
-        if detail:
-            raise WeightsError(
-                f"{filename}: refusing to load a checkpoint that needs arbitrary pickled code "
-                f"(torch.load(weights_only=True) refused {detail.group(2)}). "
-                "Re-save it as a plain state dict (torch.save(model.state_dict())) if you trust its origin."
-            ) from None
-        if data[:4] == b"PK\x03\x04" and not zipfile.is_zipfile(io.BytesIO(data)):
-            reason = "truncated or corrupt zip archive"
-        else:
-            reason = text.strip().splitlines()[-1] if text.strip() else type(e).__name__
-            if "Weights only load failed" in text:
-                reason = "unpickling failed"
-        raise WeightsError(
-            f"{filename}: not a readable PyTorch checkpoint ({len(data)} bytes; {reason}); "
-            "was it truncated or is it another kind of file?"
-        ) from None
 
 
 # Layers whose shapes depend on the number of classes (box / mask / point / MaskIoU predictors):
@@ -178,14 +53,19 @@ class NucleusCheckpointer(DetectionCheckpointer):
       a checkpoint of which no parameter fits is a :class:`WeightsMismatchError`.
     """
 
-    def __init__(self, model, save_dir="", *, strict=True, **checkpointables):
+    def __init__(self, model, save_dir="", *, strict=True, download_timeout: float = 60.0, **checkpointables):
+        """``download_timeout``: seconds a URL's download may wait for the server
+        (callers pass ``cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT``; :func:`fetch_weights`)."""
         super().__init__(model, save_dir, **checkpointables)
         self.strict = strict
         self._strict_now = strict
+        self.download_timeout = download_timeout
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and os.path.isdir(path):
             raise WeightsNotFoundError(f"model weights {path!r} (MODEL.WEIGHTS) is a folder, not a checkpoint file")
+        if path and "://" in path:
+            path = fetch_weights(path, self.download_timeout)
         self._loading = path
         try:
             return super().load(path, *args, **kwargs)
@@ -256,7 +136,7 @@ class NucleusCheckpointer(DetectionCheckpointer):
             data = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": data, "__author__": "Caffe2", "matching_heuristics": True}
         with self.path_manager.open(filename, "rb") as f:
-            loaded = _torch_load(filename, f)
+            loaded = torch_load(filename, f)
         if not isinstance(loaded, dict):
             raise WeightsError(f"{filename}: not a checkpoint (a {type(loaded).__name__}, expected a dict of tensors)")
         if filename.endswith(".pyth"):  # pycls
@@ -299,35 +179,3 @@ class NucleusCheckpointer(DetectionCheckpointer):
                 f"{path}: weights do not fit the model of this config: " + "; ".join(problems) + f"; {hint}"
             )
         return incompatible
-
-
-def _defines_trainer_state(cls, method):
-    """Whether the first class after TrainerStateMixin in cls's MRO that defines ``method`` handles
-    the "_trainer" state itself (anything but TrainerBase's generic version does)."""
-    mro = cls.__mro__
-    start = mro.index(TrainerStateMixin) + 1
-    for klass in mro[start:]:
-        if method in klass.__dict__:
-            return klass is not TrainerBase
-    return False
-
-
-class TrainerStateMixin:
-    """
-    Mix into a DefaultTrainer subclass (before DefaultTrainer) so that checkpoints hold the inner
-    SimpleTrainer/AMPTrainer state (optimizer, grad scaler) and ``resume`` restores it.
-    """
-
-    def state_dict(self):
-        ret = super().state_dict()
-        if "_trainer" not in ret:
-            ret["_trainer"] = self._trainer.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict and not _defines_trainer_state(type(self), "load_state_dict"):
-            self._trainer.load_state_dict(state_dict["_trainer"])
-            logger.info("Restored optimizer state from the checkpoint.")
-        elif "_trainer" not in state_dict:
-            logger.warning("The checkpoint has no optimizer state; the optimizer starts fresh.")
