@@ -23,7 +23,11 @@ def get_parser():
     p.add_argument("--input", required=True,
                    help="a folder of images, one image, or a test_img_ids.json (images in test/ next to it)")
     p.add_argument("--ids", default=None, metavar="JSON",
-                   help="test_img_ids.json giving the image ids of the images in the --input folder")
+                   help="test_img_ids.json giving the image ids of the images in the --input folder; the folder "
+                   "may hold no other images unless --subset")
+    p.add_argument("--subset", action="store_true",
+                   help="with --ids: predict only the images it lists although the folder holds others "
+                   "(they are named in a warning and the summary)")
     p.add_argument("--output", default="answer.json", help="COCO results file (default: answer.json)")
     p.add_argument("--zip", action="store_true", help="also write <output>.zip with answer.json at its top level")
     p.add_argument("--score-thresh", type=float, default=None,
@@ -80,18 +84,18 @@ def main(argv=None):
     # torch and Detectron2 are imported only now: --help and argument errors return at once.
     quiet_known_warnings()
     from d2_nucleus.config import model_mpp
-    from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction, unlisted_images
     from d2_nucleus.modeling.cpu.malloc import tune_process
     from d2_nucleus.utils.file_io import output_transaction
 
     try:
         check_flag_number(args.mpp, "--mpp", zero_ok=True)
+        if args.subset and not args.ids:
+            raise ValueError("--subset goes with --ids (the images it lists out of the --input folder)")
         cfg = setup_cfg(args)  # one-line ConfigError for a missing file, a bad key or odd overrides
-        items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
+        items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad, subset=args.subset)
+        left_out = unlisted_images(args.input, items) if args.ids else []
         zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None
-        # Before loading the model: fail fast on outputs that exist or cannot be written.
-        check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
-                      args.label_format, args.overwrite)
         measurements = None
         if args.measurements:
             from d2_nucleus.measurements.outputs import MeasurementWriter
@@ -99,7 +103,11 @@ def main(argv=None):
             mpp = args.mpp if args.mpp is not None else model_mpp(cfg)
             measurements = MeasurementWriter(args.measurements, csv=args.measurements_format == "csv",
                                              mpp=mpp, stain=args.stain)
-            measurements.check([it.stem for it in items], args.overwrite)
+        # Before loading the model: fail fast on outputs that are inputs (whatever --overwrite), that
+        # exist or cannot be written.
+        check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
+                      args.label_format, args.overwrite, measurements,
+                      inputs=[args.input, args.ids, args.config_file, cfg.MODEL.WEIGHTS])
         tune_process(cfg)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
         export_thresh = args.export_score_thresh
@@ -122,6 +130,7 @@ def main(argv=None):
                 progress=not args.quiet,
                 measurements=measurements,
                 mpp=args.mpp,
+                left_out=left_out,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)

@@ -17,18 +17,18 @@ from .geojson import rles_to_geojson, write_geojson
 from .label_maps import label_map_path, write_label_map
 from .overlay import draw_overlay, write_overlay
 
-__all__ = ["LABEL_FORMATS", "image_output_paths", "write_image_outputs"]
+__all__ = ["LABEL_FORMATS", "image_output_files", "image_output_paths", "write_image_outputs"]
 
 LABEL_FORMATS = ("png", "tiff")
 
 
 def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geojson_dir: Optional[str] = None,
                        labels_dir: Optional[str] = None, label_format: str = "png",
-                       overwrite: bool = False) -> Dict[int, Dict[str, Optional[str]]]:
+                       overwrite: bool = False, check: bool = True) -> Dict[int, Dict[str, Optional[str]]]:
     """
-    The overlay, GeoJSON and label-map path of each image, checked at once: every folder
-    creatable and writable, no file there unless ``overwrite``, no output name shared by two
-    images.
+    The overlay, GeoJSON and label-map path of each image, checked at once (unless not
+    ``check``: the caller checks :func:`image_output_files`): every folder creatable and
+    writable, no file there unless ``overwrite``, no output name shared by two images.
 
     Args:
         stems: image id -> file name without extension.
@@ -50,12 +50,20 @@ def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geo
             "geojson": os.path.join(geojson_dir, stem + ".geojson") if geojson_dir else None,
             "labels": os.path.join(labels_dir, stem) if labels_dir else None,
         }
-        for key, path in paths[image_id].items():
-            if path is None:
-                continue
-            for candidate in (path + ".png", path + ".tif") if key == "labels" else (path,):
-                check_writable(candidate, overwrite=overwrite)
+    if check:
+        for path in image_output_files(paths):
+            check_writable(path, overwrite=overwrite)
     return paths
+
+
+def image_output_files(paths: Dict[int, Dict[str, Optional[str]]]) -> List[str]:
+    """Every file the outputs of :func:`image_output_paths` may be written to (a label map: .png or .tif)."""
+    files = []
+    for per_image in paths.values():
+        for key, path in per_image.items():
+            if path is not None:
+                files += [path + ".png", path + ".tif"] if key == "labels" else [path]
+    return files
 
 
 def write_image_outputs(
