@@ -19,6 +19,8 @@ import logging
 import os
 import sys
 
+from d2_nucleus.utils.cli import check_flag_number, error_line, run_main
+
 
 def get_parser():
     from d2_nucleus.slide.options import add_slide_arguments
@@ -34,7 +36,11 @@ def get_parser():
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="join a running Dask scheduler, e.g. tcp://head:8786 (default: start a LocalCluster)")
     where.add_argument("--scheduler-file", default=None, metavar="FILE",
-                       help="join the Dask scheduler described by this file (dask scheduler --scheduler-file)")
+                       help="join the Dask scheduler described by this file (dask scheduler --scheduler-file), "
+                       "waiting for it to appear")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up (exit status 2) when the --scheduler-file has not appeared, or the scheduler "
+                   "has not answered, within this many seconds (default: 30)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="LocalCluster worker processes (default: one per GPU with CUDA, else CPU cores / "
                    "--threads-per-worker)")
@@ -68,31 +74,39 @@ def _local_sizes(args, cuda: bool):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from d2_nucleus.checkpoint import check_weights_path
     from d2_nucleus.slide.cluster import (
-        read_manifest, segment_slides_on_cluster, start_local_cluster, write_report,
+        read_manifest, scheduler_address, segment_slides_on_cluster, start_local_cluster, write_report,
     )
     from d2_nucleus.slide.options import slide_cfg_from_args
+    from d2_nucleus.slide.outputs import check_slide_outputs
 
+    report = args.report or os.path.join(args.out, "cluster_report.csv")
+    address = None
     try:
         for flag, least in (("workers", 1), ("threads_per_worker", 1), ("retries", 0), ("worker_deaths", 0)):
             value = getattr(args, flag)
             if value is not None and value < least:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
+        check_flag_number(args.connect_timeout, "--connect-timeout")
         cfg = slide_cfg_from_args(args)
         jobs = read_manifest(args.slides, args.mpp)
         if os.path.isfile(cfg.SLIDE.TISSUE.MASK) and len(jobs) > 1:
             raise ValueError("one --tissue-mask file for several slides; pass a folder of <slide>.png masks")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise NotADirectoryError(f"--out {args.out!r} is a file")
-        weights = str(cfg.MODEL.WEIGHTS)
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"model weights {weights!r} not found (pass --weights)")
+        check_weights_path(str(cfg.MODEL.WEIGHTS))  # empty, a folder, missing: one line each
+        # no output (the slides' files, the report) replaces an input (slides, manifests, masks, config, weights)
+        check_slide_outputs(cfg, [j.path for j in jobs], args.out, inputs=[args.config_file] + args.slides,
+                            outputs=[report])
         # weights and slides are read by the workers: give them absolute paths
         cfg.defrost()
-        cfg.MODEL.WEIGHTS = os.path.abspath(weights)
+        cfg.MODEL.WEIGHTS = os.path.abspath(str(cfg.MODEL.WEIGHTS))
         cfg.freeze()
+        if args.scheduler or args.scheduler_file:  # bounded: a scheduler that never answers is an error
+            address = scheduler_address(args.scheduler, args.scheduler_file, args.connect_timeout)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"segment_cluster: error: {e}", file=sys.stderr)
+        print(error_line("segment_cluster", e), file=sys.stderr)
         return 2
 
     from distributed import Client
@@ -100,8 +114,8 @@ def main(argv=None):
     cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
     cluster = client = None
     try:
-        if args.scheduler or args.scheduler_file:
-            client = Client(args.scheduler, scheduler_file=args.scheduler_file)
+        if address is not None:
+            client = Client(address, timeout=args.connect_timeout)
             threads = args.threads_per_worker
         else:
             workers, threads = _local_sizes(args, cuda)
@@ -120,7 +134,6 @@ def main(argv=None):
             client.close()
         if cluster is not None:
             cluster.close()
-    report = args.report or os.path.join(args.out, "cluster_report.csv")
     write_report(rows, report)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "exists", "failed")}
     print(f"{counts['done']} slide(s) done, {counts['exists']} already complete, {counts['failed']} failed; "
@@ -132,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "segment_cluster", "running the same command again resumes the slides"))

@@ -32,6 +32,7 @@ def main(argv=None):
     from d2_nucleus.modeling.cpu.malloc import tune_process
     from d2_nucleus.slide import list_slides, segment_slides
     from d2_nucleus.slide.options import slide_cfg_from_args
+    from d2_nucleus.slide.outputs import check_slide_outputs
 
     try:
         cfg = slide_cfg_from_args(args)
@@ -40,6 +41,8 @@ def main(argv=None):
             raise ValueError("one --tissue-mask file for several slides; pass a folder of <slide>.png masks")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise NotADirectoryError(f"--out {args.out!r} is a file")
+        # whatever --overwrite: no output replaces a slide, a tissue mask, the config or the weights
+        check_slide_outputs(cfg, paths, args.out, inputs=[args.config_file] + args.slides)
         tune_process(cfg)
         predictor = NucleusPredictor(cfg, batch_size=cfg.SLIDE.BATCH_SIZE)
         summaries, errors = segment_slides(predictor, cfg, paths, args.out, mpp=args.mpp, overwrite=args.overwrite,

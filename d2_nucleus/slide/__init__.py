@@ -11,7 +11,7 @@ _LAZY = {
     ".stitching": ("NucleusRecord", "SeamStitcher", "crop_iou", "tile_records"),
     ".work": ("WorkFolder",),
     ".inputs": ("SLIDE_EXTENSIONS", "file_sha256", "list_slides", "slide_stem"),
-    ".outputs": ("SlideOutputs",),
+    ".outputs": ("SlideOutputs", "check_slide_outputs"),
     ".pipeline": ("segment_slide",),
     ".runner": ("SLIDE_ERRORS", "run_one_slide", "segment_slides"),
 }

@@ -26,6 +26,7 @@ import csv
 import glob
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
@@ -39,7 +40,7 @@ from .runner import SLIDE_ERRORS, run_one_slide
 
 __all__ = [
     "REPORT_COLUMNS", "SlideJob", "read_manifest", "worker_predictor", "model_loads", "run_slide", "segment_slides_on_cluster",
-    "write_report", "start_local_cluster",
+    "write_report", "scheduler_address", "start_local_cluster",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,8 @@ def _read_csv_manifest(path: str, default_mpp: Optional[float]) -> List[SlideJob
                 slide_mpp = float(value) if value else default_mpp
             except ValueError:
                 raise ValueError(f"{path}:{line}: mpp {value!r} is not a number") from None
-            if slide_mpp is not None and not slide_mpp > 0:
-                raise ValueError(f"{path}:{line}: mpp must be > 0, got {value!r}")
+            if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+                raise ValueError(f"{path}:{line}: mpp must be a finite number > 0, got {value!r}")
             jobs.append(SlideJob(os.path.join(base, slide), slide_mpp))
     if not jobs:
         raise ValueError(f"{path}: manifest lists no slides")
@@ -207,6 +208,62 @@ def _row_from_summary(slide: str, summary_path: str, status: str) -> Dict:
 # -------------------------------------------------------------------------------------------------
 # On the client
 # -------------------------------------------------------------------------------------------------
+def scheduler_address(scheduler: Optional[str] = None, scheduler_file: Optional[str] = None,
+                      timeout: float = 30.0) -> str:
+    """
+    The address of the running Dask scheduler to join (``scheduler``, or the ``address`` of the
+    JSON ``scheduler_file`` that ``dask scheduler --scheduler-file`` writes, awaited until it
+    appears), checked to answer within ``timeout`` seconds. distributed's Client has no such
+    bound here: it waits forever for a scheduler file that never appears, and for a server that
+    accepts the connection but never answers, whatever its ``timeout`` (distributed 2026.8).
+
+    Raises:
+        ValueError: not an address, or a scheduler file that is not JSON with an "address".
+        TimeoutError: no file, connection or answer within ``timeout`` (one line each).
+    """
+    import asyncio
+    import json
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address
+
+    if scheduler_file:
+        deadline = time.monotonic() + timeout
+        while not os.path.isfile(scheduler_file):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"--scheduler-file {scheduler_file}: no such file after {timeout:g} s (start the "
+                                   f"scheduler with: dask scheduler --scheduler-file {scheduler_file})")
+            time.sleep(0.1)
+        try:
+            with open(scheduler_file, "rb") as f:
+                scheduler = json.loads(f.read(1 << 20))["address"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"--scheduler-file {scheduler_file}: not a Dask scheduler file (JSON with an "
+                             f"\"address\": {type(e).__name__}: {e})") from None
+    where = f"--scheduler-file {scheduler_file} ({scheduler})" if scheduler_file else f"--scheduler {scheduler}"
+    try:
+        parse_address(str(scheduler))
+    except ValueError as e:
+        raise ValueError(f"{where}: not a Dask scheduler address like tcp://host:8786 ({e})") from None
+
+    async def identity():
+        comm = await asyncio.wait_for(connect(scheduler, timeout=timeout), timeout)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), timeout)
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(identity())
+    except (OSError, asyncio.TimeoutError) as e:
+        raise TimeoutError(f"{where}: no Dask scheduler answered within {timeout:g} s (--connect-timeout)"
+                           + (f": {e}" if str(e) else "")) from None
+    except ValueError as e:  # e.g. an unknown scheme
+        raise ValueError(f"{where}: not a Dask scheduler address like tcp://host:8786 ({e})") from None
+    return scheduler
+
+
 def start_local_cluster(n_workers: int, torch_threads: int = 1, gpus: bool = False, worker_deaths: int = 3,
                         dashboard_address: str = ":8787", **kwargs):
     """

@@ -10,7 +10,7 @@ they stay arguments.
 import argparse
 from typing import Callable, Dict, Tuple
 
-__all__ = ["FLAG_KEYS", "add_slide_arguments", "check_slide_args", "slide_cfg_from_args"]
+__all__ = ["FLAG_KEYS", "MIN_TILE_SIZE", "add_slide_arguments", "check_slide_args", "check_tiles", "slide_cfg_from_args"]
 
 # flag (argparse dest) -> (config key, value for the key from the flag's value)
 FLAG_KEYS: Dict[str, Tuple[str, Callable]] = {
@@ -25,6 +25,14 @@ FLAG_KEYS: Dict[str, Tuple[str, Callable]] = {
     "no_measurements": ("SLIDE.MEASUREMENTS.ENABLED", lambda v: not v),
     "stain": ("SLIDE.MEASUREMENTS.STAIN", str),
 }
+
+#: The least tile side (px at the model's resolution). Tiles must also be at least twice the overlap
+#: plus TILE_CORE_MARGIN, so that each tile's core (its side minus the overlap) is wider than the
+#: overlap: the model then runs on at most (tile / core)^2 < 4 times the slide's area. ``--tile-size 8``
+#: made 6,600 tiles of a small image, each almost all overlap.
+MIN_TILE_SIZE = 128
+TILE_CORE_MARGIN = 64
+_FLAGS = {key: "--" + dest.replace("_", "-") for dest, (key, _) in FLAG_KEYS.items()}
 
 
 def add_slide_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -76,6 +84,26 @@ def check_slide_args(args) -> None:
         raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
 
 
+def check_tiles(cfg) -> None:
+    """
+    Raise ValueError (one line naming the key and its flag) for tile settings no run should use:
+    ``SLIDE.OVERLAP`` < 0, ``SLIDE.BATCH_SIZE`` < 1, ``SLIDE.TILE_SIZE`` < :data:`MIN_TILE_SIZE`
+    or < 2 x overlap + :data:`TILE_CORE_MARGIN`.
+    """
+    def name(key):
+        return f"{key} ({_FLAGS[key]})"
+
+    tile, overlap, batch = cfg.SLIDE.TILE_SIZE, cfg.SLIDE.OVERLAP, cfg.SLIDE.BATCH_SIZE
+    if overlap < 0:
+        raise ValueError(f"{name('SLIDE.OVERLAP')} must be >= 0, got {overlap}")
+    if batch < 1:
+        raise ValueError(f"{name('SLIDE.BATCH_SIZE')} must be >= 1, got {batch}")
+    least = max(MIN_TILE_SIZE, 2 * overlap + TILE_CORE_MARGIN)
+    if tile < least:
+        raise ValueError(f"{name('SLIDE.TILE_SIZE')} must be at least {least} px (>= {MIN_TILE_SIZE} and >= 2 x "
+                         f"{name('SLIDE.OVERLAP')} {overlap} + {TILE_CORE_MARGIN}), got {tile}")
+
+
 def slide_cfg_from_args(args):
     """
     The frozen config of a slide tool: ``--config-file`` with ``--opts``, then each flag given
@@ -84,7 +112,8 @@ def slide_cfg_from_args(args):
     Paths (weights, tissue masks) are made absolute: Dask workers may run in another folder.
 
     Raises:
-        ConfigError / ValueError: a bad config, override or flag (one line).
+        ConfigError / ValueError: a bad config, override or flag, tiles out of bounds
+        (:func:`check_tiles`) (one line).
     """
     import os
 
@@ -101,6 +130,7 @@ def slide_cfg_from_args(args):
         for part in node.split("."):
             target = target[part]
         target[leaf] = convert(value)
+    check_tiles(cfg)
     if cfg.SLIDE.TISSUE.MASK:
         cfg.SLIDE.TISSUE.MASK = os.path.abspath(cfg.SLIDE.TISSUE.MASK)
     set_slide_score_threshold(cfg)

@@ -38,7 +38,7 @@ from ..measurements.stain import STAIN_METHODS
 from ..utils.file_io import atomic_write_json, check_writable
 from .inputs import file_sha256, slide_stem, tissue_mask_for
 from .measure import measure_tile, slide_stain_matrix
-from .outputs import SlideOutputs
+from .outputs import SlideOutputs, check_slide_outputs
 from .overview import DensityMap, write_overview
 from .prefetch import prefetch_batches
 from ..data.slide_readers import SlideError, SlideSource, open_slide
@@ -91,8 +91,10 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
     Raises:
         SlideError: unreadable slide, no resolution, no tissue (the message names the file).
         OutputExistsError: outputs exist (without ``overwrite``).
+        OutputIsInputError: an output would replace the slide, its tissue mask or the weights.
     """
     start = time.perf_counter()
+    check_slide_outputs(cfg, [path], out_dir)  # no output replaces the slide, its mask or the weights
     stem = slide_stem(path)
     measure = bool(cfg.SLIDE.MEASUREMENTS.ENABLED)
     stain = str(cfg.SLIDE.MEASUREMENTS.STAIN) if measure else None
