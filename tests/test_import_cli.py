@@ -168,7 +168,7 @@ def test_outputs_never_replace_inputs_or_unrelated_folders(tmp_path, capsys):
     d = tmp_path / "src"
     _xml_pair(d, "a", 1, 0.25, size=96, nuclei=5)
     rc, _, err = _main(capsys, "--format", "aperio-xml", d, "--out", d / "prepared")
-    assert rc == 2 and "must be outside the input" in err
+    assert rc == 2 and "would be inside the input" in err
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")

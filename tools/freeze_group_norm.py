@@ -56,7 +56,7 @@ def main(argv=None):
         if args.data_root:
             cfg.NUCLEUS.DATA_ROOT = args.data_root
         # Before the model runs: a bad output name, or outputs that exist, are refused now.
-        frozen_output_paths(args.output, args.overwrite)
+        frozen_output_paths(args.output, args.overwrite, inputs=[args.config_file, cfg.MODEL.WEIGHTS])
         model, n = freeze_group_norms(cfg, args.dataset, args.num_images, progress=not args.quiet)
         pth, yaml = write_frozen_model(model, cfg, args.output, args.overwrite)
     except (OSError, ValueError, RuntimeError, KeyError) as e:

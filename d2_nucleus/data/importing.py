@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..utils import rle as rle_util
-from ..utils.file_io import atomic_output_dir, atomic_write_json, link_or_copy
+from ..utils.file_io import atomic_output_dir, atomic_write_json, check_not_input, link_or_copy
 from .importers import IMPORTERS
 from .importers.source import ImageFile, SourceImage
 from .layout import (
@@ -210,15 +210,6 @@ def convert_source(src: SourceImage, image_id: int, target_mpp: float, mpp: Opti
     return pixels, entry, annotations, record, report
 
 
-def _check_not_input(out: str, paths: Sequence[str]) -> None:
-    """``out`` neither is nor contains nor lies inside an input (the output never replaces an input)."""
-    out_abs = os.path.realpath(out)
-    for p in paths:
-        p_abs = os.path.realpath(p)
-        if os.path.commonpath([out_abs, p_abs]) in (out_abs, p_abs):
-            raise ValueError(f"{out}: output must be outside the input {p} and not contain it")
-
-
 def _write_image(pixels: np.ndarray, src: SourceImage, record: Dict, path: str) -> None:
     import cv2
 
@@ -280,7 +271,8 @@ def import_annotations(
         default_mpp = check_mpp(default_mpp, "--default-mpp")
     if not 0 <= tolerance < 1:
         raise ValueError(f"mpp tolerance must be in [0, 1), got {tolerance}")
-    _check_not_input(out, list(inputs) + ([images] if images else []))
+    # the layout replaces out as a whole: it may neither be nor hold nor lie inside an input
+    check_not_input([out], list(inputs) + [images], outside=True)
     check_prepared_out(out, overwrite)
     sources = IMPORTERS[fmt](list(inputs), images)
     if not sources:

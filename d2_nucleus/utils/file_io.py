@@ -107,25 +107,30 @@ class OutputIsInputError(ValueError):
     """An output would be (or replace a folder holding) one of the run's inputs, or another output."""
 
 
-def check_not_input(outputs: Iterable[Optional[str]], inputs: Iterable[Optional[str]]) -> None:
+def _parents(path: str) -> Iterator[str]:
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        yield path
+
+
+def check_not_input(outputs: Iterable[Optional[str]], inputs: Iterable[Optional[str]], outside: bool = False) -> None:
     """
     Refuse, before anything is written, an output that is one of the run's ``inputs`` (files and
     folders it reads) once symlinks are resolved (``os.path.realpath``), or a folder holding one.
     ``outputs``: every file the run writes and each folder it replaces or deletes as a whole (not
     a folder it writes files into: give those files), no two the same file. None entries are
     skipped. No flag overrides this: callers check it before :func:`check_writable` (whose refusal
-    suggests ``--overwrite``).
+    suggests ``--overwrite``). ``outside``: no output inside an input folder either (a dataset made
+    from a raw one is kept apart from it).
 
     Raises:
         OutputIsInputError: one line naming the output and the input.
     """
     exact, holders = {}, {}  # realpath of an input -> it; realpath of each folder above one -> it
     for given in (p for p in inputs if p and "://" not in p):  # a URL (weights) is not a file here
-        real = os.path.realpath(given)
-        exact.setdefault(real, given)
-        while os.path.dirname(real) != real and os.path.dirname(real) not in holders:
-            real = os.path.dirname(real)
-            holders[real] = given
+        exact.setdefault(os.path.realpath(given), given)
+        for parent in _parents(os.path.realpath(given)):
+            holders.setdefault(parent, given)
     seen = {}
     for out in filter(None, outputs):
         real = os.path.realpath(out)
@@ -133,10 +138,13 @@ def check_not_input(outputs: Iterable[Optional[str]], inputs: Iterable[Optional[
             other = f" (also {seen[real]})" if seen[real] != out else ""
             raise OutputIsInputError(f"two outputs would be the same file {out}{other}: choose other outputs")
         seen[real] = out
+        inside = next((exact[p] for p in _parents(real) if p in exact), None) if outside else None
         if real in exact:
             what, given = "is the input", exact[real] + (f" (both are {real})" if real not in (out, exact[real]) else "")
         elif real in holders:
             what, given = "would replace the folder holding the input", holders[real]
+        elif inside:
+            what, given = "would be inside the input", inside
         else:
             continue
         raise OutputIsInputError(f"output {out} {what} {given}: choose another output (no flag lets an output "
