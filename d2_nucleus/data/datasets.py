@@ -19,6 +19,7 @@ from typing import List, Optional, Sequence, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .coco_check import check_coco_file
 from .layout import CLASSES, DATASET_SPLITS, SPLITS, annotation_file, image_dir
 
 __all__ = [
@@ -62,6 +63,8 @@ def _check_files(json_file: str, image_root: str, dataset_name: str) -> None:
         )
     if not os.path.isdir(image_root):
         raise FileNotFoundError(f"{image_root}: image folder of dataset '{dataset_name}' not found")
+    # JSON, the keys, every image present and inside image_root (once per process while unchanged)
+    check_coco_file(json_file, image_root)
 
 
 def _load(json_file: str, image_root: str, dataset_name: str):
@@ -73,8 +76,10 @@ def check_nucleus_datasets(dataset_names) -> None:
     """
     Raise FileNotFoundError (naming the file) if a registered nucleus dataset among
     ``dataset_names`` (the main root's or an extra root's) lacks its annotation file or image
-    folder, so that a run fails before training rather than at its final evaluation. Other
-    datasets are not checked.
+    folder, or :class:`~.raw.RawDataError` (one line naming the file) if the annotation file is
+    not a COCO file of that folder (:func:`.coco_check.check_coco_file`: JSON, keys, images present
+    and inside the folder), so that a run fails before it writes anything rather than with a
+    traceback at its first or final load. Other datasets are not checked.
     """
     for name in dataset_names:
         if name in _registered and name in MetadataCatalog.list():
