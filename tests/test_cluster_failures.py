@@ -7,6 +7,7 @@ a weights folder, a manifest mpp of inf or nan, tiles too small for a run: one l
 """
 import os
 import select
+import signal
 import socket
 
 import numpy as np
@@ -113,3 +114,48 @@ def test_cluster_ctrl_c_is_one_line(weights, tmp_path):
     assert rc == 130 and "Traceback" not in err, err[-3000:]
     assert err.strip().splitlines()[-1].startswith("segment_cluster: interrupted (Ctrl-C)"), err[-500:]
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_and_freeze_ctrl_c_is_one_line(weights, synthetic_prepared, tmp_path):
+    """Ctrl-C in prepare_data (during the mask conversion, worker processes included) and in
+    freeze_group_norm (while its weights download waits): one line, exit status 130, no traceback
+    from the tool or its workers, nothing written."""
+    import subprocess
+    import sys
+    import time
+
+    from d2_nucleus.data.synthetic import generate_dataset
+
+    from test_failures import PREPARE
+
+    raw = tmp_path / "raw"
+    generate_dataset(str(raw), num_train=12, num_test=1, image_size=512, nuclei_per_image=(250, 300), seed=0)
+    log = tmp_path / "prepare.log"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, PREPARE, "--raw", raw, "--out", tmp_path / "prepared", "--workers",
+                                 "2"], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT,
+                                start_new_session=True)  # its own process group, as in a terminal
+        try:
+            deadline = time.time() + 300
+            while "training images" not in log.read_text() and time.time() < deadline:  # converting now
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the tool and its worker processes get it
+            rc = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert rc == 130 and "Traceback" not in text, text[-3000:]
+    assert text.strip().splitlines()[-1].startswith("prepare_data: interrupted (Ctrl-C)"), text[-500:]
+    assert sorted(os.listdir(tmp_path)) == ["prepare.log", "raw"]  # no layout, no temporary folder
+
+    with _SilentScheduler() as silent:  # any TCP server that never answers: here the weights' URL
+        url = "http" + silent.address[3:] + "/model_final.pth"
+        rc, err = _interrupt([os.path.join(ROOT, "tools", "freeze_group_norm.py"), "--config-file", DEMO,
+                              "--weights", url, "--data-root", synthetic_prepared, "--output", tmp_path / "f.pth",
+                              "--device", "cpu", "--quiet", "MODEL.WEIGHTS_DOWNLOAD_TIMEOUT", "300.0"], silent.connected)
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("freeze_group_norm: interrupted (Ctrl-C)"), err[-500:]
+    assert not (tmp_path / "f.pth").exists()

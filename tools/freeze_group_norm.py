@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from d2_nucleus.utils.cli import error_line, quiet_known_warnings
+from d2_nucleus.utils.cli import error_line, quiet_known_warnings, run_main
 
 PROG = "freeze_group_norm"
 
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, PROG, "nothing was written"))

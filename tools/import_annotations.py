@@ -22,7 +22,7 @@ import sys
 from d2_nucleus.data.importers import FORMATS
 from d2_nucleus.data.importing import import_annotations
 from d2_nucleus.data.raw import RawDataError
-from d2_nucleus.utils.cli import error_line, quiet_known_warnings
+from d2_nucleus.utils.cli import error_line, quiet_known_warnings, run_main
 
 PROG = "import_annotations"
 
@@ -111,4 +111,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, PROG, "nothing was written (the layout appears whole at the end)"))

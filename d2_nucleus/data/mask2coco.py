@@ -181,8 +181,11 @@ def _die_with_parent(parent_pid: int) -> None:
     """
     Pool initializer: the worker gets SIGKILL when its parent dies (Linux prctl
     PR_SET_PDEATHSIG), so killing prepare_data (even with SIGKILL, which runs no cleanup) leaves
-    no orphan workers holding their memory. If the parent is already gone, exit at once.
+    no orphan workers holding their memory. If the parent is already gone, exit at once. Ctrl-C
+    (SIGINT, sent to the whole process group) is ignored here: the parent stops the pool and
+    reports it in one line, with no traceback from each worker.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             import ctypes
