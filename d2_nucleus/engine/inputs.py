@@ -81,6 +81,7 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
     """
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"input {input_path!r} does not exist")
+    listed_folder = None
     if ids_path is None and os.path.isfile(input_path) and input_path.lower().endswith(".json"):
         ids_path = input_path
         root = os.path.dirname(os.path.abspath(input_path))
@@ -90,6 +91,7 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
         if not os.path.isdir(input_path):
             raise ValueError(f"with --ids, the input must be the folder of the images, got {input_path!r}")
         folders = [input_path]
+        listed_folder = input_path  # --ids: the folder's other images would be left out
     else:
         folders = None
 
@@ -106,16 +108,15 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
                     )
                 path = candidates[0]
             items.append(ImageItem(path, entry["id"], entry["height"], entry["width"]))
-        if folders == [input_path]:  # --ids: the folder's other images would be left out
-            left_out = unlisted_images(input_path, items)
-            if left_out and not subset:
-                raise ValueError(
-                    f"{ids_path} lists {len(items)} image(s) but {input_path} holds {len(left_out)} more, which "
-                    f"would be left out: {name_list(left_out)} (pass --subset to predict only the listed ones)"
-                )
-            if left_out:
-                logger.warning("--subset: %d image(s) of %s that %s does not list are left out: %s",
-                               len(left_out), input_path, ids_path, name_list(left_out))
+        left_out = unlisted_images(listed_folder, items) if listed_folder else []
+        if left_out and not subset:
+            raise ValueError(
+                f"{ids_path} lists {len(items)} image(s) but {input_path} holds {len(left_out)} more, which "
+                f"would be left out: {name_list(left_out)} (pass --subset to predict only the listed ones)"
+            )
+        if left_out:
+            logger.warning("--subset: %d image(s) of %s that %s does not list are left out: %s",
+                           len(left_out), input_path, ids_path, name_list(left_out))
         return items
 
     if os.path.isfile(input_path):
