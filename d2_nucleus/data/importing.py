@@ -14,7 +14,7 @@ temporary folder that replaces ``out`` only at the end: a bad input (one line na
 import logging
 import os
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
