@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import BitMasks, Boxes, Instances, PolygonMasks
 from detectron2.utils.events import EventStorage
 
-from d2_nucleus.config import add_nucleus_config, merge_config_file
+from d2_nucleus.config import add_all_config, merge_config_file
 from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.modeling.mask_scoring import (
     MaskIoUHead,
@@ -58,7 +58,7 @@ def _one_thread():
 
 def _cfg(*opts):
     cfg = get_cfg()
-    add_nucleus_config(cfg)
+    add_all_config(cfg)
     merge_config_file(cfg, "configs/Base-Nucleus-RCNN-FPN.yaml")
     cfg.merge_from_list(TINY + list(opts))
     return cfg
