@@ -1,0 +1,425 @@
+# -*- coding: utf-8 -*-
+"""
+Point annotations of nucleus types: the centres a pathologist clicks, each with a class or none.
+
+Readers (each returns a list of :class:`PointAnnotations`, one per image):
+
+* :func:`read_crchisto`: CRCHistoPhenotypes' MATLAB files (``scipy.io.loadmat``: plain arrays,
+  no code), in both layouts of the dataset: one folder per image (``imgN/imgN.bmp``,
+  ``imgN_detection.mat``, ``imgN_<class>.mat``), and the official download's ``Detection/imgN/``
+  + ``Classification/imgN/``. Every file holds a K x 2 array ``detection`` of (x, y) centres.
+* :func:`read_qupath_points`: QuPath point annotations exported as GeoJSON (Point / MultiPoint
+  features whose ``properties.classification.name`` is the class; a FeatureCollection, one
+  Feature, or a list of Features as QuPath 0.2 writes), one ``<image stem>.geojson`` per image.
+* :func:`read_points_csv`: a CSV with the columns ``image,x,y,class`` (``class`` empty: no class).
+
+Coordinates are returned as *pixel indices* (x right, y down, the centre of pixel (i, j) is
+(i, j)), the convention of the measurement table's ``centroid_x/y``. QuPath's coordinates put
+pixel (0, 0) on [0, 1) x [0, 1), so 0.5 is subtracted; CRCHisto's are MATLAB's, 1-based, so 1 is
+subtracted (measured against the centres of the nuclei the model segments: BENCHMARKS.md
+"Nucleus types"); the CSV is in pixel indices already. A point outside the image (beyond half a
+pixel of its border) is an error naming the file.
+
+These readers join the annotation importers of ``d2_nucleus/data`` when those exist (one owner of
+each format's parsing); until then they are the project's only point readers.
+"""
+import csv
+import json
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "CRCHISTO_CLASSES",
+    "CRCHISTO_MPP",
+    "BadPointsError",
+    "PointAnnotations",
+    "read_crchisto",
+    "read_points",
+    "read_points_csv",
+    "read_qupath_points",
+    "POINT_FORMATS",
+]
+
+#: CRCHisto's classes, in the order of their class index.
+CRCHISTO_CLASSES = ("epithelial", "fibroblast", "inflammatory", "others")
+#: Subtracted from CRCHisto's coordinates to get pixel indices (see the module docstring).
+CRCHISTO_OFFSET = 1.0
+#: CRCHisto's resolution: 20x images downsampled from 40x scans of an Omnyx VL120 (0.275 um/px at
+#: 40x; Sirinukunwattana et al., IEEE TMI 2016), i.e. 0.55 um/px.
+CRCHISTO_MPP = 0.55
+POINT_FORMATS = ("crchisto", "qupath", "csv")
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+class BadPointsError(ValueError):
+    """A point annotation file that cannot be used; the message names the file."""
+
+
+@dataclass
+class PointAnnotations:
+    """
+    The annotated points of one image.
+
+    Attributes:
+        image: the image file.
+        xy: (N, 2) float64 centres in pixel indices of the image.
+        labels: (N,) int64 class index into ``class_names``; -1: a nucleus without a class
+            (counted for detection, not for types).
+        class_names: the classes of the whole set, in index order.
+        mpp: micrometres per pixel of the image (None: unknown).
+        source: the annotation file(s), for messages.
+        merge: CRCHisto only: how the class files were joined to the detection file
+            (``{"snapped": class points a little away from their detection point,
+            "added": class points without one}``).
+    """
+
+    image: str
+    xy: np.ndarray
+    labels: np.ndarray
+    class_names: Tuple[str, ...]
+    mpp: Optional[float] = None
+    source: str = ""
+    merge: Optional[Dict[str, int]] = None
+
+    @property
+    def name(self) -> str:
+        return os.path.splitext(os.path.basename(self.image))[0]
+
+    def __len__(self) -> int:
+        return len(self.xy)
+
+
+def image_size(path: str) -> Tuple[int, int]:
+    """(height, width) of an image from its header (nothing decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError) as e:
+        raise BadPointsError(f"{path}: cannot read the image: {' '.join(str(e).split())}") from None
+    return height, width
+
+
+def check_inside(xy: np.ndarray, height: int, width: int, source: str) -> None:
+    """Raise :class:`BadPointsError` for the first point (pixel indices) outside the image."""
+    if not len(xy):
+        return
+    bad = ~np.isfinite(xy).all(axis=1)
+    bad |= (xy[:, 0] < -0.5) | (xy[:, 0] > width - 0.5) | (xy[:, 1] < -0.5) | (xy[:, 1] > height - 0.5)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise BadPointsError(
+            f"{source}: point {i} at x={xy[i, 0]:.6g}, y={xy[i, 1]:.6g} (pixel indices) lies outside the "
+            f"{width}x{height} image ({int(bad.sum())} such point(s)); are the coordinates for this image?"
+        )
+
+
+def check_not_empty(xy: np.ndarray, image: str, source: str) -> None:
+    """An image without any annotated point can neither train nor be evaluated (every detection
+    would count as false): a one-line error."""
+    if not len(xy):
+        raise BadPointsError(f"{source}: no points for image {os.path.basename(image)}; "
+                             "annotate it or leave it out")
+
+
+def _check_mpp(mpp: Optional[float]) -> Optional[float]:
+    if mpp is None:
+        return None
+    if not (np.isfinite(mpp) and mpp > 0):
+        raise BadPointsError(f"mpp must be a positive number of micrometres per pixel, got {mpp}")
+    return float(mpp)
+
+
+# -------------------------------------------------------------------------------------------------
+# CRCHisto (.mat)
+# -------------------------------------------------------------------------------------------------
+def _read_mat_points(path: str) -> np.ndarray:
+    """The K x 2 (x, y) array of a CRCHisto .mat file (MATLAB 1-based), as float64."""
+    import scipy.io
+    from scipy.io.matlab import MatReadError
+
+    try:
+        data = scipy.io.loadmat(path)
+    except NotImplementedError:  # MATLAB v7.3 (HDF5) files
+        raise BadPointsError(f"{path}: MATLAB v7.3 (HDF5) files are not supported; save it with -v7") from None
+    except (OSError, ValueError, TypeError, IndexError, MatReadError) as e:
+        raise BadPointsError(f"{path}: not a readable MATLAB file: {' '.join(str(e).split())}") from None
+    arrays = {k: v for k, v in data.items() if not k.startswith("__")}
+    if "detection" in arrays:
+        value = arrays["detection"]
+    elif len(arrays) == 1:
+        value = next(iter(arrays.values()))
+    else:
+        raise BadPointsError(f"{path}: no 'detection' variable (variables: {sorted(arrays)})")
+    value = np.asarray(value)
+    if value.size == 0:
+        return np.zeros((0, 2), np.float64)
+    if value.ndim != 2 or value.shape[1] != 2 or not np.issubdtype(value.dtype, np.number):
+        raise BadPointsError(f"{path}: expected a K x 2 array of (x, y) centres, got {value.dtype} {value.shape}")
+    return value.astype(np.float64)
+
+
+def _pair_within(a: np.ndarray, b: np.ndarray, radius: float):
+    from .matching import match_points
+
+    pairs, _, _ = match_points(a, b, radius)
+    return pairs
+
+
+def _crchisto_folders(root: str) -> List[Tuple[str, Optional[str], Optional[str]]]:
+    """(name, detection folder, classification folder) of each image under ``root``."""
+    entries = {e.lower(): e for e in os.listdir(root)} if os.path.isdir(root) else {}
+    if "detection" in entries or "classification" in entries:  # the official download
+        found: Dict[str, List[Optional[str]]] = {}
+        for slot, key in enumerate(("detection", "classification")):
+            if key in entries:
+                base = os.path.join(root, entries[key])
+                for name in sorted(os.listdir(base)):
+                    if os.path.isdir(os.path.join(base, name)) and not name.startswith("."):
+                        found.setdefault(name, [None, None])[slot] = os.path.join(base, name)
+        return [(n, d, c) for n, (d, c) in sorted(found.items())]
+    if not os.path.isdir(root):
+        raise BadPointsError(f"{root}: not a folder of CRCHisto images")
+    folders = []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if os.path.isdir(path) and not name.startswith("."):
+            folders.append((name, path, path))
+    return folders
+
+
+def _find_image(name: str, folders: Sequence[Optional[str]]) -> str:
+    for folder in folders:
+        if folder is None:
+            continue
+        for ext in _IMAGE_EXTENSIONS:
+            path = os.path.join(folder, name + ext)
+            if os.path.isfile(path):
+                return path
+    where = " or ".join(f for f in folders if f)
+    raise BadPointsError(f"{where}: no image {name}.bmp (or .png/.tif/.jpg) for the annotations of {name}")
+
+
+def read_crchisto(root: str, mpp: Optional[float] = CRCHISTO_MPP, snap_px: float = 6.0) -> List[PointAnnotations]:
+    """
+    Read CRCHisto annotations in either layout (see the module docstring).
+
+    Every nucleus of an image is in ``imgN_detection.mat``; ``imgN_<class>.mat`` list the centres
+    of the nuclei of that class (a file may be missing or empty). A class point names the
+    detection point at its position: they are paired one to one (:func:`.matching.match_points`)
+    within ``snap_px`` pixels (17,752 of CRCHisto's 17,801 class points coincide exactly with a
+    detection point, 18 more lie within 3 px, the farthest 9.5 px away); a class point left
+    unpaired is added as a nucleus of its own. Detection points without a class get label -1.
+
+    Args:
+        root: the dataset folder (one folder per image), or the folder holding ``Detection/``
+            and ``Classification/``.
+        mpp: the images' resolution (default: the dataset's, 0.55 um/px).
+        snap_px: pairing radius of class points to detection points, in pixels.
+    """
+    mpp = _check_mpp(mpp)
+    out = []
+    folders = _crchisto_folders(root)
+    if not folders:
+        raise BadPointsError(f"{root}: no CRCHisto image folders (imgN/ or Detection/imgN/) found")
+    for name, det_dir, cls_dir in folders:
+        image = _find_image(name, [det_dir, cls_dir])
+        height, width = image_size(image)
+        det_path = os.path.join(det_dir, f"{name}_detection.mat") if det_dir else None
+        det = _read_mat_points(det_path) if det_path and os.path.isfile(det_path) else np.zeros((0, 2))
+        cls_xy, cls_lab, sources = [], [], [p for p in [det_path] if p and os.path.isfile(p)]
+        for k, cls in enumerate(CRCHISTO_CLASSES):
+            path = os.path.join(cls_dir, f"{name}_{cls}.mat") if cls_dir else None
+            if path and os.path.isfile(path):
+                pts = _read_mat_points(path)
+                check_inside(pts - CRCHISTO_OFFSET, height, width, path)
+                cls_xy.append(pts)
+                cls_lab.append(np.full(len(pts), k, np.int64))
+                sources.append(path)
+        if not sources:
+            raise BadPointsError(f"{det_dir or cls_dir}: no {name}_detection.mat or {name}_<class>.mat files")
+        check_inside(det - CRCHISTO_OFFSET, height, width, det_path or "")
+        check_not_empty(np.concatenate([det, *cls_xy]) if cls_xy else det, image, ", ".join(sources))
+        cls_xy = np.concatenate(cls_xy) if cls_xy else np.zeros((0, 2))
+        cls_lab = np.concatenate(cls_lab) if cls_lab else np.zeros(0, np.int64)
+        labels = np.full(len(det), -1, np.int64)
+        pairs = _pair_within(det, cls_xy, snap_px) if len(det) and len(cls_xy) else np.zeros((0, 2), np.int64)
+        labels[pairs[:, 0]] = cls_lab[pairs[:, 1]]
+        dist = np.linalg.norm(det[pairs[:, 0]] - cls_xy[pairs[:, 1]], axis=1) if len(pairs) else np.zeros(0)
+        extra = np.setdiff1d(np.arange(len(cls_xy)), pairs[:, 1])
+        xy = np.concatenate([det, cls_xy[extra]]) - CRCHISTO_OFFSET
+        labels = np.concatenate([labels, cls_lab[extra]])
+        merge = {"snapped": int((dist > 1e-6).sum()), "added": int(len(extra))}
+        out.append(PointAnnotations(image, xy, labels, CRCHISTO_CLASSES, mpp, ", ".join(sources), merge))
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# QuPath GeoJSON points
+# -------------------------------------------------------------------------------------------------
+def _features(obj, path: str) -> List[Dict]:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
+        return list(obj.get("features") or [])
+    if isinstance(obj, dict) and obj.get("type") == "Feature":
+        return [obj]
+    raise BadPointsError(f"{path}: not GeoJSON features (expected a FeatureCollection, a Feature or a list of them)")
+
+
+def _class_name(feature: Dict) -> Optional[str]:
+    cls = (feature.get("properties") or {}).get("classification")
+    if isinstance(cls, dict):
+        name = cls.get("name")
+        if name is None and isinstance(cls.get("names"), list):
+            name = ": ".join(str(n) for n in cls["names"])
+        return str(name) if name not in (None, "") else None
+    return str(cls) if isinstance(cls, str) and cls else None
+
+
+def _parse_qupath(path: str) -> Tuple[np.ndarray, List[Optional[str]]]:
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise BadPointsError(f"{path}: not a readable GeoJSON file: {' '.join(str(e).split())}") from None
+    xy, names = [], []
+    for i, feature in enumerate(_features(obj, path)):
+        if not isinstance(feature, dict):
+            raise BadPointsError(f"{path}: feature {i} is not an object")
+        geometry = feature.get("geometry") or {}
+        kind, coords = geometry.get("type"), geometry.get("coordinates")
+        if kind not in ("Point", "MultiPoint"):
+            continue  # regions, lines: not point annotations
+        pts = [coords] if kind == "Point" else coords
+        try:
+            arr = np.asarray(pts, dtype=np.float64).reshape(-1, 2) if pts else np.zeros((0, 2))
+        except (TypeError, ValueError):
+            raise BadPointsError(f"{path}: feature {i}: {kind} coordinates are not numbers [x, y]") from None
+        xy.append(arr)
+        names += [_class_name(feature)] * len(arr)
+    xy = np.concatenate(xy) if xy else np.zeros((0, 2))
+    return xy - 0.5, names  # QuPath: pixel (0, 0) covers [0, 1)
+
+
+def _label(names: Sequence[Optional[str]], classes: Sequence[str], source: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted({n for n in names if n is not None and n not in index})
+    if unknown:
+        raise BadPointsError(f"{source}: unknown class name(s) {unknown}; the classes are {list(classes)}")
+    return np.array([index[n] if n is not None else -1 for n in names], np.int64)
+
+
+def _images_by_stem(images_dir: str) -> Dict[str, str]:
+    if not os.path.isdir(images_dir):
+        raise BadPointsError(f"{images_dir}: images folder does not exist")
+    found = {}
+    for name in sorted(os.listdir(images_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in _IMAGE_EXTENSIONS and not name.startswith("."):
+            found.setdefault(stem, os.path.join(images_dir, name))
+    return found
+
+
+def _finish(per_image: Dict[str, Tuple[np.ndarray, List[Optional[str]], str]], classes, mpp) -> List[PointAnnotations]:
+    """Label, bound-check and wrap per-image points; ``classes`` default: the sorted names found."""
+    if classes is None:
+        classes = sorted({n for _, names, _ in per_image.values() for n in names if n is not None})
+    classes = tuple(classes)
+    if not classes:
+        raise BadPointsError("no point has a class name; pass the classes or annotate some points with one")
+    out = []
+    for image, (xy, names, source) in sorted(per_image.items()):
+        labels = _label(names, classes, source)
+        height, width = image_size(image)
+        check_inside(xy, height, width, source)
+        check_not_empty(xy, image, source)
+        out.append(PointAnnotations(image, xy, labels, classes, mpp, source))
+    return out
+
+
+def read_qupath_points(points_dir: str, images_dir: str, classes: Optional[Sequence[str]] = None,
+                       mpp: Optional[float] = None) -> List[PointAnnotations]:
+    """
+    Read ``<stem>.geojson`` (or ``.json``) files of QuPath point annotations from ``points_dir``,
+    each for the image ``<stem>.*`` in ``images_dir``.
+
+    Args:
+        classes: the class names in index order (default: every name found, sorted); a point
+            of another class is an error. Points without a classification get label -1.
+        mpp: the images' resolution in um/px.
+    """
+    mpp = _check_mpp(mpp)
+    images = _images_by_stem(images_dir)
+    if not os.path.isdir(points_dir):
+        raise BadPointsError(f"{points_dir}: points folder does not exist")
+    per_image = {}
+    for name in sorted(os.listdir(points_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in (".geojson", ".json") or name.startswith("."):
+            continue
+        path = os.path.join(points_dir, name)
+        if stem not in images:
+            raise BadPointsError(f"{path}: no image {stem}.* in {images_dir}")
+        xy, names = _parse_qupath(path)
+        per_image[images[stem]] = (xy, names, path)
+    if not per_image:
+        raise BadPointsError(f"{points_dir}: no .geojson point files")
+    return _finish(per_image, classes, mpp)
+
+
+# -------------------------------------------------------------------------------------------------
+# CSV: image,x,y,class
+# -------------------------------------------------------------------------------------------------
+def read_points_csv(path: str, images_dir: str, classes: Optional[Sequence[str]] = None,
+                    mpp: Optional[float] = None) -> List[PointAnnotations]:
+    """
+    Read a CSV of points with a header ``image,x,y,class`` (more columns are ignored): ``image``
+    a file name in ``images_dir`` (or its stem), ``x``, ``y`` pixel indices, ``class`` a name or
+    empty (no class). ``classes`` and ``mpp`` as :func:`read_qupath_points`.
+    """
+    mpp = _check_mpp(mpp)
+    images = _images_by_stem(images_dir)
+    per_image: Dict[str, Tuple[List, List, str]] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = {"image", "x", "y", "class"} - set(reader.fieldnames or [])
+            if missing:
+                raise BadPointsError(f"{path}: missing column(s) {sorted(missing)}; the header must be image,x,y,class")
+            for line, row in enumerate(reader, start=2):
+                name = (row["image"] or "").strip()
+                stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in _IMAGE_EXTENSIONS else name
+                if stem not in images:
+                    raise BadPointsError(f"{path}, line {line}: no image {name!r} in {images_dir}")
+                try:
+                    x, y = float(row["x"]), float(row["y"])
+                except (TypeError, ValueError):
+                    raise BadPointsError(f"{path}, line {line}: x and y must be numbers") from None
+                entry = per_image.setdefault(images[stem], ([], [], path))
+                entry[0].append((x, y))
+                entry[1].append((row["class"] or "").strip() or None)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise BadPointsError(f"{path}: not a readable CSV file: {' '.join(str(e).split())}") from None
+    if not per_image:
+        raise BadPointsError(f"{path}: no points")
+    arrays = {k: (np.asarray(xy, np.float64).reshape(-1, 2), names, src) for k, (xy, names, src) in per_image.items()}
+    return _finish(arrays, classes, mpp)
+
+
+def read_points(fmt: str, source: str, images_dir: Optional[str] = None, classes: Optional[Sequence[str]] = None,
+                mpp: Optional[float] = None) -> List[PointAnnotations]:
+    """Read points of format ``fmt`` (:data:`POINT_FORMATS`); CRCHisto needs no ``images_dir``."""
+    if fmt == "crchisto":
+        return read_crchisto(source, mpp=CRCHISTO_MPP if mpp is None else mpp)
+    if images_dir is None:
+        raise BadPointsError(f"{fmt} points need the folder of their images (--images)")
+    if fmt == "qupath":
+        return read_qupath_points(source, images_dir, classes, mpp)
+    if fmt == "csv":
+        return read_points_csv(source, images_dir, classes, mpp)
+    raise BadPointsError(f"unknown point format {fmt!r}; one of {POINT_FORMATS}")
