@@ -211,10 +211,12 @@ def get_nucleus_cfg(config_file=None, opts=None, data_root=None):
 
     cfg = get_cfg()
     from .slide.config import add_slide_config
+    from .types.config import add_types_config
 
     add_pointrend_config(cfg)
     add_nucleus_config(cfg)
     add_slide_config(cfg)
+    add_types_config(cfg)
     if config_file:
         merge_config_file(cfg, config_file)
     if opts:

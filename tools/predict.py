@@ -53,6 +53,10 @@ def get_parser():
     p.add_argument("--stain", choices=("ruifrok", "macenko"), default="ruifrok",
                    help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, "
                    "or estimated per image by Macenko's method (default: ruifrok)")
+    p.add_argument("--types", default=None, metavar="FILE",
+                   help="nucleus type classifier (tools/train_types.py) applied to every exported nucleus: "
+                   "type and probability columns, per-type summary, QuPath classes, type-coloured overlays "
+                   "(default: TYPES.CLASSIFIER; answer.json keeps one class)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -69,8 +73,39 @@ def setup_cfg(args):
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
     if args.max_dets is not None:
         cfg.TEST.DETECTIONS_PER_IMAGE = args.max_dets
+    if args.types is not None:
+        cfg.TYPES.CLASSIFIER = args.types
     cfg.freeze()
     return cfg
+
+
+def setup_types(cfg, args):
+    """The type classifier of TYPES.CLASSIFIER, loaded before the model (None without one); the
+    config that computes the features it needs."""
+    if not cfg.TYPES.CLASSIFIER:
+        return None, cfg
+    from d2_nucleus.types.classifier import TypeClassifier
+
+    classifier = TypeClassifier.load(cfg.TYPES.CLASSIFIER)
+    if classifier.needs_box_features:
+        if args.tta:
+            raise ValueError(f"{cfg.TYPES.CLASSIFIER}: a type classifier of box features cannot be used with --tta")
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.TYPES.BOX_FEATURES = True
+        cfg.freeze()
+    return classifier, cfg
+
+
+def type_predictor(classifier, predictor, mpp, source):
+    """The :class:`TypePredictor` of a loaded classifier for this model and these images."""
+    from d2_nucleus.types.features import model_fingerprint, working_mpp
+    from d2_nucleus.types.outputs import TypePredictor
+    from d2_nucleus.types.resolution import model_mpp
+
+    fingerprint = model_fingerprint(predictor.model) if classifier.needs_box_features else None
+    working = working_mpp(predictor.cfg, mpp or model_mpp(predictor.cfg))
+    return TypePredictor(classifier, mpp=mpp, model_fingerprint=fingerprint, working_mpp=working, source=source)
 
 
 def main(argv=None):
@@ -88,15 +123,17 @@ def main(argv=None):
         # Before loading the model: fail fast on outputs that exist or cannot be written.
         check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
                       args.label_format, args.overwrite)
+        classifier, cfg = setup_types(cfg, args)  # one-line error for a bad classifier file
+        mpp = args.mpp if args.mpp is not None else cfg.MODEL.PIXEL_SIZE_UM
         measurements = None
         if args.measurements:
             from d2_nucleus.measurements.outputs import MeasurementWriter
 
-            mpp = args.mpp if args.mpp is not None else cfg.MODEL.PIXEL_SIZE_UM
             measurements = MeasurementWriter(args.measurements, csv=args.measurements_format == "csv",
                                              mpp=mpp or None, stain=args.stain)
             measurements.check([it.stem for it in items], args.overwrite)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
+        types = type_predictor(classifier, predictor, mpp or None, cfg.TYPES.CLASSIFIER) if classifier else None
         export_thresh = args.export_score_thresh
         if export_thresh is None:
             export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
@@ -116,6 +153,7 @@ def main(argv=None):
                 overwrite=args.overwrite,
                 progress=not args.quiet,
                 measurements=measurements,
+                types=types,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)

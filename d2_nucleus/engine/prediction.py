@@ -76,6 +76,16 @@ def check_outputs(
     return image_output_paths(stems, vis_dir, geojson_dir, labels_dir, label_format, overwrite)
 
 
+def _box_features(instances, types):
+    """The detections' box features as numpy, when a type classifier needs them."""
+    if types is None or not types.classifier.needs_box_features:
+        return None
+    if not instances.has("box_features"):
+        raise RuntimeError("the type classifier needs the model's box features: TYPES.BOX_FEATURES True, "
+                           "without --tta")
+    return instances.box_features.numpy()
+
+
 def run_prediction(
     predictor,
     items: Sequence[ImageItem],
@@ -91,6 +101,7 @@ def run_prediction(
     category_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
     measurements=None,
+    types=None,
 ) -> PredictionSummary:
     """
     Predict ``items`` and write the results.
@@ -110,6 +121,9 @@ def run_prediction(
         measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: per-image
             measurement table, summary and figure of the exported detections (also put into
             the GeoJSON's measurements).
+        types: a :class:`d2_nucleus.types.outputs.TypePredictor`: a nucleus type for every
+            exported detection, in the table, summary, figure, GeoJSON and overlay (see
+            :func:`write_image_outputs`); answer.json keeps the model's single class.
 
     Every file is complete or absent: each is written to a temporary file and renamed, and
     answer.json / answer.zip are written only after all images succeed. Existing outputs
@@ -168,6 +182,7 @@ def run_prediction(
                 export_score_thresh, label_format, overwrite,
                 measurements=measurements, stem=item.stem, image_name=os.path.basename(item.path),
                 min_visible=float(predictor.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
+                types=types, box_features=_box_features(instances, types),
             )
             for path in written:
                 folder = os.path.dirname(path)

@@ -6,7 +6,7 @@ measurements (:mod:`d2_nucleus.measurements`), each written atomically, of
 the detections scoring at least a threshold and having a non-empty mask.
 """
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,8 +16,9 @@ from ..utils.label_map import rles_to_label_map
 from .geojson import rles_to_geojson, write_geojson
 from .label_maps import label_map_path, write_label_map
 from .overlay import draw_overlay, write_overlay
+from ..types.outputs import type_classifications
 
-__all__ = ["LABEL_FORMATS", "image_output_paths", "write_image_outputs"]
+__all__ = ["LABEL_FORMATS", "export_selection", "image_output_paths", "write_image_outputs"]
 
 LABEL_FORMATS = ("png", "tiff")
 
@@ -58,6 +59,33 @@ def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geo
     return paths
 
 
+def export_selection(rles: Sequence[Dict], scores: Sequence[float], height: int, width: int,
+                     score_thresh: float = 0.5, min_visible: float = 0.0) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    The detections that are exported (and evaluated by AJI / PQ): scoring >= ``score_thresh``,
+    with a non-empty mask and, with ``min_visible`` > 0, at least that fraction of it left free by
+    the higher-scoring ones.
+
+    Returns:
+        their indices (ascending), and with ``min_visible`` > 0 their label map (1..K in the
+        order of the indices; else None).
+    """
+    keep = [i for i, s in enumerate(scores) if s >= score_thresh]
+    # Drop empty masks: they have no outline and no label.
+    keep = np.array([i for i in keep if rle_util.rle_counts(rles[i])[1::2].sum() > 0], np.int64)
+    if min_visible <= 0 or not len(keep):
+        return keep, None
+    kept_scores = [float(scores[i]) for i in keep]
+    painted = rles_to_label_map([rles[i] for i in keep], height, width, scores=kept_scores, min_visible=min_visible)
+    labels = np.unique(painted)
+    survivors = labels[labels > 0] - 1  # ascending: the detections' order
+    # The survivors' map, renumbered 1..len(survivors). The dropped detections were never
+    # painted, so painting the survivors again would give the same pixels.
+    relabel = np.zeros(len(keep) + 1, np.int32)
+    relabel[survivors + 1] = np.arange(1, len(survivors) + 1)
+    return keep[survivors], relabel[painted]
+
+
 def write_image_outputs(
     image_rgb: np.ndarray,
     rles: Sequence[Dict],
@@ -70,6 +98,8 @@ def write_image_outputs(
     stem: Optional[str] = None,
     image_name: Optional[str] = None,
     min_visible: float = 0.0,
+    types=None,
+    box_features: Optional[np.ndarray] = None,
 ) -> List[str]:
     """
     Write the outputs of one image (those of ``paths`` that are not None) for the detections
@@ -83,6 +113,12 @@ def write_image_outputs(
         measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: writes the
             measurement table, summary and figure of the same detections as ``<stem>``, and
             puts their values into the GeoJSON's measurements; ``image_name`` goes into the table.
+        types: a :class:`d2_nucleus.types.outputs.TypePredictor`: each exported nucleus gets a
+            type from ``box_features`` (the detections' rows, in the order of ``rles``) and its
+            measurements: the table's ``type`` and ``prob_<type>`` columns and the summary's
+            per-type counts, QuPath's classification (the type's name and colour) and
+            ``Probability <type>`` measurements in the GeoJSON, type-coloured outlines with a
+            legend in the overlay.
 
     Returns:
         the files written.
@@ -90,35 +126,42 @@ def write_image_outputs(
     if not any(paths.values()) and measurements is None:
         return []
     height, width = image_rgb.shape[:2]
-    keep = [i for i, s in enumerate(scores) if s >= score_thresh]
-    # Drop empty masks: they have no outline and no label.
-    keep = [i for i in keep if rle_util.rle_counts(rles[i])[1::2].sum() > 0]
+    keep, label_map = export_selection(rles, scores, height, width, score_thresh, min_visible)
     rles = [rles[i] for i in keep]
     scores = [float(scores[i]) for i in keep]
-    label_map = None
-    if min_visible > 0 and rles:
-        painted = rles_to_label_map(rles, height, width, scores=scores, min_visible=min_visible)
-        labels = np.unique(painted)
-        survivors = labels[labels > 0] - 1  # ascending: the detections' order
-        rles = [rles[i] for i in survivors]
-        scores = [scores[i] for i in survivors]
-        # The survivors' map, renumbered 1..len(survivors). The dropped detections were never
-        # painted, so painting the survivors again would give the same pixels.
-        relabel = np.zeros(len(keep) + 1, np.int32)
-        relabel[survivors + 1] = np.arange(1, len(survivors) + 1)
-        label_map = relabel[painted]
     if label_map is None and (paths["vis"] or paths["labels"]):
         label_map = rles_to_label_map(rles, height, width, scores=scores)
+    typed = None
+    if types is not None:
+        features = None if box_features is None else np.asarray(box_features)[keep]
+        typed = types.classify(image_rgb, rles, features)
     written, qupath = [], None
     if measurements is not None:
-        measured = measurements.write(stem, image_rgb, rles, scores, image_name, overwrite)
+        reuse = typed is not None and typed.columns is not None and measurements.stain == types.stain \
+            and (measurements.mpp or None) == types.mpp
+        measured = measurements.write(stem, image_rgb, rles, scores, image_name, overwrite,
+                                      columns=typed.columns if reuse else None,
+                                      types=(types, typed) if typed is not None else None)
         written += measured["written"]
         qupath = measured["qupath"]
+    classifications = None
+    if typed is not None:
+        classifications = type_classifications(types.class_names, types.colors, typed.index)
+        probs = [{f"Probability {n}": float(p) for n, p in zip(types.class_names, row)} for row in typed.probs]
+        qupath = [dict(q, **p) for q, p in zip(qupath, probs)] if qupath is not None else probs
     if paths["vis"]:
-        write_overlay(draw_overlay(image_rgb, label_map, count=len(rles)), paths["vis"], overwrite=overwrite)
+        colors, legend = None, None
+        if typed is not None:
+            colors = np.zeros((len(rles) + 1, 3), np.uint8)
+            colors[1:] = np.asarray(types.colors, np.uint8)[typed.index]
+            counts = np.bincount(typed.index, minlength=len(types.class_names))
+            legend = [(f"{n}: {int(c)}", col) for n, c, col in zip(types.class_names, counts, types.colors)]
+        overlay = draw_overlay(image_rgb, label_map, count=len(rles), label_colors=colors, legend=legend)
+        write_overlay(overlay, paths["vis"], overwrite=overwrite)
         written.append(paths["vis"])
     if paths["geojson"]:
-        write_geojson(rles_to_geojson(rles, scores, measurements=qupath), paths["geojson"], overwrite=overwrite)
+        collection = rles_to_geojson(rles, scores, measurements=qupath, classifications=classifications)
+        write_geojson(collection, paths["geojson"], overwrite=overwrite)
         written.append(paths["geojson"])
     if paths["labels"]:
         path = label_map_path(paths["labels"], len(rles), label_format)

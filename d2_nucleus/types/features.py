@@ -1,0 +1,86 @@
+# -*- coding: utf-8 -*-
+"""
+The features a type classifier sees for each nucleus, and the identity of the model they come from.
+
+* ``"box"``: the segmentation model's own per-nucleus features, its RoI box head's output for
+  the nucleus' final box (:mod:`d2_nucleus.modeling.nucleus_features`; 512 numbers for the CPU
+  recipe). They depend on the model's weights and on the scale the image reached the model at, so
+  a classifier records both (:func:`model_fingerprint`, ``working_mpp``).
+* ``"measurements"``: :data:`MEASUREMENT_FEATURES`, columns of
+  :func:`d2_nucleus.measurements.measure_nuclei` (size in micrometres, shape, H&E optical
+  densities, RGB): what QuPath's object classifier has.
+"""
+import hashlib
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["FEATURE_KINDS", "MEASUREMENT_FEATURES", "feature_matrix", "model_fingerprint", "working_mpp"]
+
+FEATURE_KINDS = ("box", "measurements")
+
+#: Measurement columns used as features (sizes in micrometres: the images' mpp must be known).
+MEASUREMENT_FEATURES = (
+    "area_um2", "perimeter_um", "circularity", "solidity", "eccentricity",
+    "major_axis_length_um", "minor_axis_length_um", "equivalent_diameter_um",
+    "hematoxylin_od_mean", "hematoxylin_od_std", "eosin_od_mean", "eosin_od_std",
+    "red_mean", "green_mean", "blue_mean",
+)  # fmt: skip
+
+
+def feature_matrix(kinds: Sequence[str], box_features: Optional[np.ndarray] = None,
+                   columns: Optional[Mapping[str, np.ndarray]] = None, num: Optional[int] = None,
+                   measurement_names: Sequence[str] = MEASUREMENT_FEATURES) -> np.ndarray:
+    """
+    The (N, D) float64 features of ``kinds`` ("box" first, then the measurements), NaN where a
+    measurement is undefined (e.g. the circularity of one pixel).
+
+    Raises:
+        ValueError: a feature kind is unknown or its values are missing, or the row counts differ.
+    """
+    parts = []
+    for kind in kinds:
+        if kind == "box":
+            if box_features is None:
+                raise ValueError("the classifier needs the model's box features (TYPES.BOX_FEATURES), none given")
+            parts.append(np.asarray(box_features, np.float64).reshape(len(box_features), -1))
+        elif kind == "measurements":
+            if columns is None:
+                raise ValueError("the classifier needs the nuclei's measurements, none given")
+            missing = [c for c in measurement_names if c not in columns]
+            if missing:
+                raise ValueError(f"measurement columns {missing} missing")
+            cols = np.stack([np.asarray(columns[c], np.float64).reshape(-1) for c in measurement_names], axis=1)
+            if "area_um2" in measurement_names and len(cols) and np.isnan(columns["area_um2"]).all():
+                raise ValueError("the classifier's measurements are in micrometres: give the images' resolution (--mpp)")
+            parts.append(cols)
+        else:
+            raise ValueError(f"unknown feature kind {kind!r}; one of {FEATURE_KINDS}")
+    if not parts:
+        return np.zeros((num or 0, 0))
+    rows = {len(p) for p in parts}
+    if len(rows) != 1:
+        raise ValueError(f"feature parts have different numbers of nuclei: {sorted(rows)}")
+    return np.concatenate(parts, axis=1)
+
+
+def model_fingerprint(model) -> str:
+    """
+    SHA-256 of a model's state dict (every parameter and buffer: name, dtype, shape, values), the
+    identity of the features it computes, whatever file the weights were saved in.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.float()
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def working_mpp(cfg, image_mpp: float) -> float:
+    """Micrometres per pixel of the model's input for an image of ``image_mpp`` predicted with ``cfg``."""
+    return float(image_mpp) / float(cfg.INPUT.TEST_SCALE)

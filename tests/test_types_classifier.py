@@ -1,0 +1,151 @@
+# -*- coding: utf-8 -*-
+"""Type classifier: training on synthetic features, its file (save, load, refusals), the features."""
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from d2_nucleus.types.classifier import BadClassifierError, TypeClassifier, default_colors
+from d2_nucleus.types.features import MEASUREMENT_FEATURES, feature_matrix
+from d2_nucleus.types.outputs import prob_column, type_classifications, type_columns, type_summary
+from d2_nucleus.types.training import fit_classifier, make_recipe, split_names
+
+NAMES = ["epithelial", "fibroblast", "inflammatory"]
+
+
+def _blobs(n_per_class=(400, 150, 40), dim=12, seed=0):
+    """Three Gaussian classes (imbalanced) in ``dim`` dimensions, separated along 3 of them."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for k, n in enumerate(n_per_class):
+        center = np.zeros(dim)
+        center[k] = 3.0
+        xs.append(rng.normal(center, 1.0, (n, dim)) * 5 + 100)  # raw scale: standardisation matters
+        ys.append(np.full(n, k))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _recipe(dim=12, fingerprint="abc"):
+    return make_recipe(["box"], dim, fingerprint, 0.2, "ruifrok", {"config": "x.yaml"})
+
+
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_fit_balanced_and_roundtrip(hidden, tmp_path):
+    x, y = _blobs()
+    xt, yt = _blobs(n_per_class=(200, 200, 200), seed=1)
+    clf = fit_classifier(x, y, NAMES, default_colors(NAMES), _recipe(), hidden_dim=hidden, epochs=20, lr=0.05, seed=0)
+    index, probs = clf.predict(xt)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (index == probs.argmax(axis=1)).all()
+    recall = [(index[yt == k] == k).mean() for k in range(3)]
+    assert min(recall) > 0.85, recall  # the rare class is found too (class-balanced loss)
+    assert clf.info["class_counts"] == [400, 150, 40] and clf.feature_dim == 12
+    assert len(clf.layers) == (2 if hidden else 1)
+    # the same seed gives the same classifier
+    again = fit_classifier(x, y, NAMES, default_colors(NAMES), _recipe(), hidden_dim=hidden, epochs=20, lr=0.05, seed=0)
+    np.testing.assert_allclose(again.predict_proba(xt), probs, atol=1e-6)
+    # save / load: same probabilities, names, colours, recipe
+    path = tmp_path / "types.npz"
+    clf.save(str(path))
+    loaded = TypeClassifier.load(str(path))
+    np.testing.assert_allclose(loaded.predict_proba(xt), probs, atol=1e-6)
+    assert loaded.class_names == NAMES and loaded.colors == clf.colors and loaded.recipe == clf.recipe
+    assert loaded.info["samples"] == len(y)
+    with pytest.raises(Exception, match="already exists"):
+        clf.save(str(path))
+
+
+def test_nan_features_and_errors():
+    x, y = _blobs(dim=4)
+    x[::7, 1] = np.nan  # undefined measurements: the training mean
+    clf = fit_classifier(x, y, NAMES, default_colors(NAMES), _recipe(4), hidden_dim=0, epochs=5)
+    assert np.isfinite(clf.mean).all() and np.isfinite(clf.predict_proba(x)).all()
+    with pytest.raises(ValueError, match="labels must be in 0..2"):
+        fit_classifier(x, y + 1, NAMES, default_colors(NAMES), _recipe(4), epochs=1)
+    with pytest.raises(ValueError, match="expects 4 features a nucleus, got 3"):
+        clf.predict(x[:, :3])
+
+
+def test_refuses_other_model_and_bad_files(tmp_path):
+    x, y = _blobs(dim=4)
+    clf = fit_classifier(x, y, NAMES, default_colors(NAMES), _recipe(4, "f" * 64), hidden_dim=8, epochs=2)
+    clf.check_model("f" * 64)
+    with pytest.raises(BadClassifierError, match="another segmentation model") as e:
+        clf.check_model("0" * 64, "types.npz")
+    assert "\n" not in str(e.value) and str(e.value).startswith("types.npz: ")
+    good = clf.to_bytes()
+
+    def refused(data: bytes, match: str):
+        path = tmp_path / "bad.npz"
+        path.write_bytes(data)
+        with pytest.raises(BadClassifierError, match=match) as err:
+            TypeClassifier.load(str(path))
+        assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+    refused(good[: len(good) // 2], "corrupt or truncated")
+    refused(b"not a zip file at all", "corrupt or truncated")
+    refused(b"", "corrupt or truncated")
+
+    def rewrite(**changes):
+        with np.load(io.BytesIO(good), allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+        arrays.update(changes)
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: v for k, v in arrays.items() if v is not None})
+        return buffer.getvalue()
+
+    header = json.loads(bytes(clf.to_bytes and np.load(io.BytesIO(good))["header"]).decode())
+    refused(rewrite(layer0_weight=np.zeros((8, 5), np.float32)), "layer 0 has shape")
+    refused(rewrite(mean=None), "not a valid type classifier file")
+    refused(rewrite(header=np.frombuffer(b"{]", np.uint8)), "not a valid type classifier file")
+    bad = dict(header, format="something else")
+    refused(rewrite(header=np.frombuffer(json.dumps(bad).encode(), np.uint8)), "no d2_nucleus type classifier header")
+    bad = dict(header, classes=["a", "b"], colors=[[1, 2, 3], [4, 5, 6]])
+    refused(rewrite(header=np.frombuffer(json.dumps(bad).encode(), np.uint8)), "2 classes")
+    # an object (pickled) array is never loaded
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.array([{"a": 1}], dtype=object))
+    refused(buffer.getvalue(), "corrupt or truncated|pickled")
+    # a zip that is not an npz
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("x.txt", "hello")
+    refused(buffer.getvalue(), "not a valid type classifier file")
+    with pytest.raises(BadClassifierError, match="does not exist"):
+        TypeClassifier.load(str(tmp_path / "missing.npz"))
+    with pytest.raises(BadClassifierError, match="is a folder"):
+        TypeClassifier.load(str(tmp_path))
+
+
+def test_feature_matrix_and_output_helpers():
+    columns = {c: np.arange(3, dtype=float) + i for i, c in enumerate(MEASUREMENT_FEATURES)}
+    box = np.ones((3, 5))
+    x = feature_matrix(["box", "measurements"], box, columns)
+    assert x.shape == (3, 5 + len(MEASUREMENT_FEATURES))
+    np.testing.assert_allclose(x[:, 5], columns[MEASUREMENT_FEATURES[0]])
+    with pytest.raises(ValueError, match="needs the model's box features"):
+        feature_matrix(["box"], None, columns)
+    with pytest.raises(ValueError, match="different numbers of nuclei"):
+        feature_matrix(["box", "measurements"], np.ones((2, 5)), columns)
+    with pytest.raises(ValueError, match="resolution"):
+        feature_matrix(["measurements"], None, dict(columns, area_um2=np.full(3, np.nan)))
+    # table columns, QuPath classifications, summary
+    cols = type_columns(["Tumor cell", "lymphocyte"], np.array([1, 0, 1]), np.array([[.2, .8], [.9, .1], [.4, .6]]))
+    assert cols["type"].tolist() == ["lymphocyte", "Tumor cell", "lymphocyte"]
+    assert prob_column("Tumor cell") == "prob_Tumor_cell" and cols["prob_lymphocyte"].tolist() == [.8, .1, .6]
+    assert type_classifications(["a", "b"], [(1, 2, 3), (4, 5, 6)], [1, 0]) == [
+        {"name": "b", "color": [4, 5, 6]}, {"name": "a", "color": [1, 2, 3]}]
+    summary = type_summary(cols["type"], ["Tumor cell", "lymphocyte", "other"], area_mm2=0.5)
+    assert summary["lymphocyte"] == {"count": 2, "fraction": 2 / 3, "density_per_mm2": 4.0}
+    assert summary["other"]["count"] == 0 and type_summary([], ["a"])["a"]["fraction"] is None
+    assert default_colors(["epithelial", "x", "y"])[0] == (200, 0, 0)
+    assert len(set(default_colors([f"c{i}" for i in range(8)]))) == 8
+
+
+def test_split_names_seeded():
+    names = [f"img{i}" for i in range(1, 81)]
+    train, test = split_names(names, 0.25, 0)
+    assert len(test) == 20 and len(train) == 60 and not set(train) & set(test)
+    assert split_names(list(reversed(names)), 0.25, 0) == (train, test)
