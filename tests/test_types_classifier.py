@@ -1,6 +1,7 @@
 # -*- coding: utf-8 -*-
 """Type classifier: training on synthetic features, its file (save, load, refusals), the features."""
 import io
+import os
 import json
 import zipfile
 
@@ -149,3 +150,24 @@ def test_split_names_seeded():
     train, test = split_names(names, 0.25, 0)
     assert len(test) == 20 and len(train) == 60 and not set(train) & set(test)
     assert split_names(list(reversed(names)), 0.25, 0) == (train, test)
+
+
+def test_types_import_light_and_help():
+    """The readers, metrics, classifier and output helpers (and the CLIs' --help) load no torch."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    code = ("import sys\nimport d2_nucleus.types.points, d2_nucleus.types.matching, d2_nucleus.types.metrics\n"
+            "import d2_nucleus.types.classifier, d2_nucleus.types.outputs, d2_nucleus.types.features\n"
+            "import d2_nucleus.types.evaluation, d2_nucleus.export.image_outputs\n"
+            "print(sorted(m for m in ('torch', 'detectron2') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+    for tool in ("train_types.py", "eval_types.py"):
+        code = (f"import runpy, sys; sys.argv = ['{tool}', '--help']\n"
+                f"try:\n    runpy.run_path('tools/{tool}', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                "print('HEAVY', sorted(m for m in ('torch', 'detectron2') if m in sys.modules))")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
+        assert r.returncode == 0 and "--points" in r.stdout and r.stdout.strip().endswith("HEAVY []"), r.stderr

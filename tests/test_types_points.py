@@ -8,16 +8,8 @@ import pytest
 import scipy.io
 from PIL import Image
 
-from d2_nucleus.types.points import (
-    CRCHISTO_CLASSES,
-    CRCHISTO_MPP,
-    CRCHISTO_OFFSET,
-    BadPointsError,
-    read_crchisto,
-    read_points,
-    read_points_csv,
-    read_qupath_points,
-)
+from d2_nucleus.types.crchisto import CRCHISTO_CLASSES, CRCHISTO_MPP, CRCHISTO_OFFSET, read_crchisto
+from d2_nucleus.types.points import BadPointsError, read_points, read_points_csv, read_qupath_points
 
 SHARED_ENV = "D2_NUCLEUS_SHARED_DATA"
 

@@ -105,6 +105,10 @@ class NucleusDetector:
             self._predictors[mpp] = self._predictor_class(inference_cfg(self.cfg, mpp))
         return self._predictors[mpp]
 
+    def test_scale(self, mpp: Optional[float]) -> float:
+        """The factor images of ``mpp`` um/px are resized by before the model."""
+        return float(self._predictor(mpp).cfg.INPUT.TEST_SCALE)
+
     def working_mpp(self, mpp: Optional[float]) -> float:
         from .features import working_mpp
         from .resolution import model_mpp

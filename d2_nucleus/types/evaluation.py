@@ -5,7 +5,6 @@ per-image CSV) and the confusion-matrix picture.
 """
 import csv
 import io
-import json
 from typing import Dict, Optional, Sequence
 
 import numpy as np
@@ -103,7 +102,3 @@ def format_table(results: Dict) -> str:
         lines.append(f"  {name:>14}: F_c {p['joint'][name]['f1'] or 0:.3f}   classification F1 "
                      f"{c['per_class'][name]['f1'] or 0:.3f} (n={c['per_class'][name]['support']})")
     return "\n".join(lines)
-
-
-def dumps(results: Dict) -> str:
-    return json.dumps(results, indent=1)
