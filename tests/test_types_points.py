@@ -190,4 +190,13 @@ def test_crchisto_real_counts(crchisto):
     counts = {name: int((labels == k).sum()) for k, name in enumerate(CRCHISTO_CLASSES)}
     assert counts == {"epithelial": 6229, "fibroblast": 4536, "inflammatory": 5199, "others": 1837}
     assert (labels >= 0).sum() == 17801
-    assert merged == {"snapped": 31, "added": 18}
+    assert merged == {"snapped": 46, "added": 3}  # within 6 px of a detection point, or not
+
+
+def test_points_on_the_edge_are_kept(tmp_path):
+    images = tmp_path / "images"
+    _image(str(images / "a.png"))
+    path = tmp_path / "points.csv"
+    path.write_text("image,x,y,class\na.png,-0.9,49.9,t\na.png,59.6,-0.5,t\n")
+    (a,) = read_points_csv(str(path), str(images))
+    np.testing.assert_allclose(a.xy, [[-0.5, 49.5], [59.5, -0.5]])

@@ -107,8 +107,8 @@ def read_crchisto(root: str, mpp: Optional[float] = CRCHISTO_MPP, snap_px: float
     of the nuclei of that class (a file may be missing or empty). A class point names the
     detection point at its position: they are paired one to one (:func:`.matching.match_points`)
     within ``snap_px`` pixels (17,752 of CRCHisto's 17,801 class points coincide exactly with a
-    detection point, 18 more lie within 3 px, the farthest 9.5 px away); a class point left
-    unpaired is added as a nucleus of its own. Detection points without a class get label -1.
+    detection point; within 6 px 46 more are paired, 3 farther ones, up to 9.5 px away, are not); a
+    class point left unpaired is added as a nucleus of its own. Detection points without a class get label -1.
 
     Args:
         root: the dataset folder (one folder per image), or the folder holding ``Detection/``
@@ -131,13 +131,13 @@ def read_crchisto(root: str, mpp: Optional[float] = CRCHISTO_MPP, snap_px: float
             path = os.path.join(cls_dir, f"{name}_{cls}.mat") if cls_dir else None
             if path and os.path.isfile(path):
                 pts = _read_mat_points(path)
-                check_inside(pts - CRCHISTO_OFFSET, height, width, path)
+                pts = check_inside(pts - CRCHISTO_OFFSET, height, width, path) + CRCHISTO_OFFSET
                 cls_xy.append(pts)
                 cls_lab.append(np.full(len(pts), k, np.int64))
                 sources.append(path)
         if not sources:
             raise BadPointsError(f"{det_dir or cls_dir}: no {name}_detection.mat or {name}_<class>.mat files")
-        check_inside(det - CRCHISTO_OFFSET, height, width, det_path or "")
+        det = check_inside(det - CRCHISTO_OFFSET, height, width, det_path or "") + CRCHISTO_OFFSET
         check_not_empty(np.concatenate([det, *cls_xy]) if cls_xy else det, image, ", ".join(sources))
         cls_xy = np.concatenate(cls_xy) if cls_xy else np.zeros((0, 2))
         cls_lab = np.concatenate(cls_lab) if cls_lab else np.zeros(0, np.int64)
