@@ -8,12 +8,14 @@ joint F_c, the classification-only weighted F1 of the paired nuclei; pooled over
 Steps:
 1. the fixed split: a seeded split of the 80 image names (``split_names``, seed 0, 25% test: 60 / 20),
    written to ``bench/results/types_split.json`` (names only);
-2. every image segmented once (cached: ``--cache``) with box features and measurements;
+2. every image segmented once (cached: ``--cache``) with the model's box and context features
+   (``TYPES.CONTEXT_SCALE``) and the measurements;
 3. the classifier chosen by 5-fold cross-validation over the training images (folds of whole
    images): logistic regression vs an MLP, for each feature set, by the weighted F1;
 4. the chosen classifiers trained on the 60 training images and evaluated on the 20 test images:
-   box features + measurements (ours), measurements only (the baseline: what QuPath's object
-   classifier sees), box features only; detection also with HoVer-Net's exact pairing;
+   box + context features + measurements (ours), box features + measurements, measurements only
+   (the baseline: what QuPath's object classifier sees); detection also with HoVer-Net's exact
+   pairing;
 5. the coordinate convention of the points measured: the mean offset from the paired nuclei's
    centroids to the points (before the reader's conversion).
 
@@ -36,7 +38,11 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-FEATURE_SETS = {"box+measurements": ("box", "measurements"), "measurements": ("measurements",), "box": ("box",)}
+FEATURE_SETS = {
+    "box+context+measurements": ("box", "context", "measurements"),
+    "box+measurements": ("box", "measurements"),
+    "measurements": ("measurements",),
+}  # fmt: skip
 CANDIDATES = {"logistic": {"TYPES.HIDDEN_DIM": 0}, "mlp256": {"TYPES.HIDDEN_DIM": 256}}
 
 
@@ -66,12 +72,12 @@ def cross_validate(cfg, anns, nuclei, kinds, hidden, classes, folds=5, seed=0):
     order = np.random.default_rng(seed).permutation(len(anns))
     parts = [order[i::folds] for i in range(folds)]
     confusions = []
-    box_dim = nuclei[0].box_features.shape[1]
+    box_dim = nuclei[0].features["box"].shape[1]
     for k in range(folds):
         test = set(parts[k].tolist())
         tr = [i for i in range(len(anns)) if i not in test]
         train = training_set([anns[i] for i in tr], [nuclei[i] for i in tr], kinds, cfg.TYPES.MATCH_RADIUS_UM)
-        clf = fit(cfg, hidden, train, classes, make_recipe(kinds, box_dim, "x", None, "ruifrok"))
+        clf = fit(cfg, hidden, train, classes, make_recipe(kinds, box_dim, "x", None, "ruifrok", None, 3.0))
         res = evaluate_types(clf, [anns[i] for i in sorted(test)], [nuclei[i] for i in sorted(test)],
                              cfg.TYPES.MATCH_RADIUS_UM)
         confusions.append(np.asarray(res["pooled"]["classification"]["confusion"]))
@@ -103,6 +109,7 @@ def main(argv=None):
     p.add_argument("--cache", default=None, help="segmentation cache folder (reused across runs)")
     p.add_argument("--tag", default="crchisto", help="name of the results files: types_<tag>.json")
     p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--max-images", type=int, default=0, help="at most this many train and test images (0: all; quick checks)")
     p.add_argument("opts", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)
 
@@ -124,6 +131,8 @@ def main(argv=None):
             json.dump({"train": train_names, "test": test_names, "seed": 0, "test_fraction": 0.25}, f, indent=1)
     train_anns = select_images(anns, split_path, "train")
     test_anns = select_images(anns, split_path, "test")
+    if args.max_images:
+        train_anns, test_anns = train_anns[: args.max_images], test_anns[: args.max_images]
     classes = list(anns[0].class_names)
     radius = float(cfg.TYPES.MATCH_RADIUS_UM)
 
@@ -132,7 +141,7 @@ def main(argv=None):
     train_nuc = detector.detect_all(train_anns)
     test_nuc = detector.detect_all(test_anns)
     segment_s = time.perf_counter() - t0
-    box_dim = train_nuc[0].box_features.shape[1]
+    box_dim = train_nuc[0].features["box"].shape[1]
     working = detector.working_mpp(anns[0].mpp)
 
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": cpu_model(),
@@ -142,7 +151,7 @@ def main(argv=None):
            "radius_um": radius, "radius_px": radius_px(radius, anns[0].mpp), "segment_seconds": segment_s,
            "split": {"train": len(train_anns), "test": len(test_anns)},
            "offset": coordinate_offset(train_anns, train_nuc, radius), "cv": {}, "test": {}}
-    print(f"segmented {len(anns)} images in {segment_s:.0f} s; offset {out['offset']}", flush=True)
+    print(f"segmented {len(train_anns) + len(test_anns)} images in {segment_s:.0f} s; offset {out['offset']}", flush=True)
 
     for set_name, kinds in FEATURE_SETS.items():
         best = None
@@ -156,9 +165,11 @@ def main(argv=None):
         cand = best[0]
         train = training_set(train_anns, train_nuc, kinds, radius)
         t = time.perf_counter()
-        fp = detector.fingerprint if "box" in kinds else None
+        model_kinds = "box" in kinds or "context" in kinds
+        fp = detector.fingerprint if model_kinds else None
         clf = fit(cfg, CANDIDATES[cand]["TYPES.HIDDEN_DIM"], train, classes,
-                  make_recipe(kinds, box_dim, fp, working if "box" in kinds else None, detector.stain))
+                  make_recipe(kinds, box_dim, fp, working if model_kinds else None, detector.stain, None,
+                              detector.context_scale))
         train_s = time.perf_counter() - t
         res = evaluate_types(clf, test_anns, test_nuc, radius)
         tag = set_name.replace("+", "_")

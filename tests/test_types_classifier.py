@@ -37,7 +37,7 @@ def test_fit_balanced_and_roundtrip(hidden, tmp_path):
     x, y = _blobs()
     xt, yt = _blobs(n_per_class=(200, 200, 200), seed=1)
     clf = fit_classifier(x, y, NAMES, default_colors(NAMES), _recipe(), hidden_dim=hidden, epochs=20, lr=0.05, seed=0)
-    index, probs = clf.predict(xt)
+    index, probs = clf.predict({"box": xt})
     np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
     assert (index == probs.argmax(axis=1)).all()
     recall = [(index[yt == k] == k).mean() for k in range(3)]
@@ -66,7 +66,7 @@ def test_nan_features_and_errors():
     with pytest.raises(ValueError, match="labels must be in 0..2"):
         fit_classifier(x, y + 1, NAMES, default_colors(NAMES), _recipe(4), epochs=1)
     with pytest.raises(ValueError, match="expects 4 features a nucleus, got 3"):
-        clf.predict(x[:, :3])
+        clf.predict({"box": x[:, :3]})
 
 
 def test_refuses_other_model_and_bad_files(tmp_path):
@@ -123,13 +123,14 @@ def test_refuses_other_model_and_bad_files(tmp_path):
 def test_feature_matrix_and_output_helpers():
     columns = {c: np.arange(3, dtype=float) + i for i, c in enumerate(MEASUREMENT_FEATURES)}
     box = np.ones((3, 5))
-    x = feature_matrix(["box", "measurements"], box, columns)
-    assert x.shape == (3, 5 + len(MEASUREMENT_FEATURES))
-    np.testing.assert_allclose(x[:, 5], columns[MEASUREMENT_FEATURES[0]])
+    x = feature_matrix(["measurements", "box", "context"], {"box": box, "context": 2 * box}, columns)
+    assert x.shape == (3, 10 + len(MEASUREMENT_FEATURES))  # box, context, measurements
+    np.testing.assert_allclose(x[:, 5:10], 2)
+    np.testing.assert_allclose(x[:, 10], columns[MEASUREMENT_FEATURES[0]])
     with pytest.raises(ValueError, match="needs the model's box features"):
         feature_matrix(["box"], None, columns)
     with pytest.raises(ValueError, match="different numbers of nuclei"):
-        feature_matrix(["box", "measurements"], np.ones((2, 5)), columns)
+        feature_matrix(["box", "measurements"], {"box": np.ones((2, 5))}, columns)
     with pytest.raises(ValueError, match="resolution"):
         feature_matrix(["measurements"], None, dict(columns, area_um2=np.full(3, np.nan)))
     # table columns, QuPath classifications, summary

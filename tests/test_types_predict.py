@@ -79,8 +79,9 @@ def test_train_writes_classifier_and_split(data, classifier, capsys):
     from d2_nucleus.types.classifier import TypeClassifier
 
     clf = TypeClassifier.load(classifier)
-    assert clf.class_names == CLASSES and clf.features == ["box", "measurements"]
+    assert clf.class_names == CLASSES and clf.features == ["box", "context", "measurements"]
     assert clf.recipe["box_dim"] == 1024 and clf.recipe["working_mpp"] == pytest.approx(0.25)
+    assert clf.context_scale == 3.0 and clf.feature_dim == 2 * 1024 + 15
     assert len(clf.recipe["model"]["fingerprint"]) == 64 and clf.recipe["model"]["weights"] == data["weights"]
     split = json.load(open(data["root"] / "split.json"))
     assert len(split["train"]) == 2 and len(split["test"]) == 2 and clf.info["images"] == split["train"]
@@ -179,3 +180,37 @@ def test_types_bad_input(data, classifier, tmp_path, capsys):
     assert TRAIN.main([str(a) for a in argv]) == 2
     assert "TYPES.FEATURES must name some of" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "y.npz").exists()
+
+
+def test_model_box_and_context_features(data):
+    """TYPES.BOX_FEATURES adds the box head's output at each final box (and its context square)
+    without changing the detections."""
+    import torch
+    from detectron2.structures import Boxes
+
+    from d2_nucleus.engine.predictor import NucleusPredictor, read_image
+    from d2_nucleus.modeling.nucleus_features import _context_boxes, box_feature_head
+
+    cfg = get_nucleus_cfg(CONFIG, TINY_OPTS + ["MODEL.WEIGHTS", data["weights"]])
+    image = read_image(os.path.join(data["images"], sorted(os.listdir(data["images"]))[0]), "BGR")
+    plain = NucleusPredictor(cfg)([image])[0]
+    cfg.TYPES.BOX_FEATURES = True
+    predictor = NucleusPredictor(cfg)
+    out = predictor([image])[0]
+    assert torch.equal(out.pred_boxes.tensor, plain.pred_boxes.tensor) and list(out.pred_rles) == list(plain.pred_rles)
+    assert out.box_features.shape == (len(out), 1024) and out.context_features.shape == (len(out), 1024)
+    assert out.box_features.dtype == torch.float32 and not torch.equal(out.box_features, out.context_features)
+    # the head's output at those boxes: recompute from the model's feature maps
+    model = predictor.model
+    with torch.no_grad():
+        inputs = [{"image": torch.as_tensor(image.transpose(2, 0, 1).copy()), "height": image.shape[0],
+                   "width": image.shape[1]}]
+        images = model.preprocess_image(inputs)
+        maps = model.backbone(images.tensor)
+        roi = model.roi_heads
+        raw = model.inference(inputs, do_postprocess=False)[0]  # boxes in the input's pixels
+        boxes = raw.pred_boxes[:5]
+        want = box_feature_head(roi)(roi.box_pooler([maps[f] for f in roi.box_in_features], [boxes])).flatten(1)
+        torch.testing.assert_close(raw.box_features[:5], want.float(), rtol=1e-4, atol=1e-4)
+    square = _context_boxes(Boxes(torch.tensor([[10.0, 20.0, 14.0, 22.0]])), 3.0).tensor
+    assert square.tolist() == [[6.0, 15.0, 18.0, 27.0]]

@@ -49,7 +49,8 @@ def main(argv=None):
             check_writable(path, overwrite=args.overwrite)
         classifier = load_classifier(cfg.TYPES.CLASSIFIER)
         annotations = select_images(read_annotations(args), args.split, "test")
-        detector = NucleusDetector(cfg, box_features=classifier.needs_box_features, stain=classifier.recipe["stain"],
+        cfg.TYPES.CONTEXT_SCALE = classifier.context_scale
+        detector = NucleusDetector(cfg, box_features=classifier.needs_model_features, stain=classifier.recipe["stain"],
                                    cache_dir=args.cache)
         results = evaluate_classifier(cfg, classifier, annotations, detector, progress=not args.quiet)
         results["classifier"] = cfg.TYPES.CLASSIFIER

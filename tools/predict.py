@@ -87,12 +87,13 @@ def setup_types(cfg, args):
     from d2_nucleus.types.classifier import TypeClassifier
 
     classifier = TypeClassifier.load(cfg.TYPES.CLASSIFIER)
-    if classifier.needs_box_features:
+    if classifier.needs_model_features:
         if args.tta:
-            raise ValueError(f"{cfg.TYPES.CLASSIFIER}: a type classifier of box features cannot be used with --tta")
+            raise ValueError(f"{cfg.TYPES.CLASSIFIER}: a type classifier of the model's features cannot be used with --tta")
         cfg = cfg.clone()
         cfg.defrost()
         cfg.TYPES.BOX_FEATURES = True
+        cfg.TYPES.CONTEXT_SCALE = classifier.context_scale
         cfg.freeze()
     return classifier, cfg
 
@@ -103,7 +104,7 @@ def type_predictor(classifier, predictor, mpp, source):
     from d2_nucleus.types.outputs import TypePredictor
     from d2_nucleus.types.resolution import model_mpp
 
-    fingerprint = model_fingerprint(predictor.model) if classifier.needs_box_features else None
+    fingerprint = model_fingerprint(predictor.model) if classifier.needs_model_features else None
     working = working_mpp(predictor.cfg, mpp or model_mpp(predictor.cfg))
     return TypePredictor(classifier, mpp=mpp, model_fingerprint=fingerprint, working_mpp=working, source=source)
 

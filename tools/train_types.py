@@ -46,7 +46,7 @@ def get_parser():
     add_common_arguments(p)
     p.add_argument("--output", required=True, metavar="FILE", help="the classifier file to write (.npz)")
     p.add_argument("--features", default=None, metavar="KINDS",
-                   help="box,measurements | box | measurements (default: TYPES.FEATURES)")
+                   help="some of box,context,measurements (default: TYPES.FEATURES)")
     p.add_argument("--test-fraction", type=float, default=0.25,
                    help="share of images held out when --split writes a new split file (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of a new split (default 0)")
@@ -84,7 +84,10 @@ def main(argv=None):
         check_writable(args.output, overwrite=args.overwrite)
         annotations = read_annotations(args)
         annotations = select_images(annotations, args.split, "train", args.test_fraction, args.seed, create=True)
-        detector = NucleusDetector(cfg, box_features="box" in cfg.TYPES.FEATURES, stain=cfg.TYPES.STAIN,
+        if "context" not in cfg.TYPES.FEATURES:
+            cfg.TYPES.CONTEXT_SCALE = 0.0
+        detector = NucleusDetector(cfg, box_features=any(k in ("box", "context") for k in cfg.TYPES.FEATURES),
+                                   stain=cfg.TYPES.STAIN,
                                    cache_dir=args.cache)
         model = {"config": args.config_file, "weights": cfg.MODEL.WEIGHTS}
         classifier, report = train_types(cfg, annotations, detector, progress=not args.quiet, model_info=model)

@@ -76,14 +76,20 @@ def check_outputs(
     return image_output_paths(stems, vis_dir, geojson_dir, labels_dir, label_format, overwrite)
 
 
-def _box_features(instances, types):
-    """The detections' box features as numpy, when a type classifier needs them."""
-    if types is None or not types.classifier.needs_box_features:
+def _model_features(instances, types):
+    """The detections' features of the model (``{"box": ..., "context": ...}``, numpy) a type classifier reads."""
+    if types is None or not types.classifier.needs_model_features:
         return None
-    if not instances.has("box_features"):
-        raise RuntimeError("the type classifier needs the model's box features: TYPES.BOX_FEATURES True, "
-                           "without --tta")
-    return instances.box_features.numpy()
+    from ..types.features import MODEL_FEATURES
+
+    out = {}
+    for kind in types.classifier.features:
+        if kind in MODEL_FEATURES:
+            if not instances.has(MODEL_FEATURES[kind]):
+                raise RuntimeError(f"the type classifier needs the model's {kind} features: TYPES.BOX_FEATURES True "
+                                   "(and TYPES.CONTEXT_SCALE), without --tta")
+            out[kind] = instances.get(MODEL_FEATURES[kind]).numpy()
+    return out
 
 
 def run_prediction(
@@ -182,7 +188,7 @@ def run_prediction(
                 export_score_thresh, label_format, overwrite,
                 measurements=measurements, stem=item.stem, image_name=os.path.basename(item.path),
                 min_visible=float(predictor.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
-                types=types, box_features=_box_features(instances, types),
+                types=types, model_features=_model_features(instances, types),
             )
             for path in written:
                 folder = os.path.dirname(path)

@@ -99,7 +99,7 @@ def write_image_outputs(
     image_name: Optional[str] = None,
     min_visible: float = 0.0,
     types=None,
-    box_features: Optional[np.ndarray] = None,
+    model_features: Optional[Dict[str, np.ndarray]] = None,
 ) -> List[str]:
     """
     Write the outputs of one image (those of ``paths`` that are not None) for the detections
@@ -114,7 +114,8 @@ def write_image_outputs(
             measurement table, summary and figure of the same detections as ``<stem>``, and
             puts their values into the GeoJSON's measurements; ``image_name`` goes into the table.
         types: a :class:`d2_nucleus.types.outputs.TypePredictor`: each exported nucleus gets a
-            type from ``box_features`` (the detections' rows, in the order of ``rles``) and its
+            type from ``model_features`` (``{"box": ..., "context": ...}``: the detections' rows,
+            in the order of ``rles``) and its
             measurements: the table's ``type`` and ``prob_<type>`` columns and the summary's
             per-type counts, QuPath's classification (the type's name and colour) and
             ``Probability <type>`` measurements in the GeoJSON, type-coloured outlines with a
@@ -133,7 +134,7 @@ def write_image_outputs(
         label_map = rles_to_label_map(rles, height, width, scores=scores)
     typed = None
     if types is not None:
-        features = None if box_features is None else np.asarray(box_features)[keep]
+        features = {k: np.asarray(v)[keep] for k, v in (model_features or {}).items()}
         typed = types.classify(image_rgb, rles, features)
     written, qupath = [], None
     if measurements is not None:

@@ -14,7 +14,7 @@ from .float32_heads import convert_box_predictors
 from .frozen_group_norm import convert_frozen_group_norms
 from .group_norm import convert_group_norms, fuse_group_norm_relus
 from .maskness import maskness_rescore
-from .nucleus_features import add_box_features
+from .nucleus_features import add_box_features, box_feature_scales
 from .poolers import convert_poolers, native_pooling
 from .postprocessing import nucleus_postprocess
 from .roi_align import convert_roi_aligns, roi_features
@@ -84,7 +84,7 @@ class NucleusRCNN(GeneralizedRCNN):
                  tune_malloc: bool = False, maskness_power: float = 0.0,
                  float32_box_predictor: bool = True, frozen_group_norm: bool = False,
                  native_roi_align: bool = False, native_group_norm: bool = False, rpn_nms_threads: int = 1,
-                 native_anchor_iou: bool = False, box_features: bool = False, **kwargs):
+                 native_anchor_iou: bool = False, box_features: tuple = (), **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -117,8 +117,9 @@ class NucleusRCNN(GeneralizedRCNN):
                 torch's; 1: Detectron2's :class:`RPN` as it is; :class:`NucleusRPN`).
             native_anchor_iou: in training on CPU the RPN's anchor matching takes its IoU matrix
                 from a C++ kernel (:class:`NucleusRPN`; the same values).
-            box_features: at inference each detection gets its box-head features
-                (``box_features``, :func:`add_box_features`; needs ``mask_chunk_size`` > 0).
+            box_features: at inference each detection gets the box head's features of its box
+                scaled by each of these factors (``box_features``, ``context_features``:
+                :func:`add_box_features`; () none; needs ``mask_chunk_size`` > 0).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of the speed options changes a parameter or a state-dict key: checkpoints load
@@ -132,7 +133,7 @@ class NucleusRCNN(GeneralizedRCNN):
         self.mask_threshold = mask_threshold
         self.maskness_power = maskness_power
         self.mask_chunk_size = mask_chunk_size
-        self.box_features = box_features
+        self.box_features = tuple(box_features)
         if box_features and mask_chunk_size <= 0:
             raise ValueError("TYPES.BOX_FEATURES needs TEST.MASK_HEAD_CHUNK_SIZE > 0")
         self.channels_last = channels_last
@@ -173,7 +174,7 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["native_group_norm"] = cfg.MODEL.NATIVE_GROUP_NORM
         ret["rpn_nms_threads"] = cfg.MODEL.RPN_NMS_THREADS
         ret["native_anchor_iou"] = cfg.MODEL.NATIVE_ANCHOR_IOU
-        ret["box_features"] = bool(cfg.TYPES.BOX_FEATURES) if "TYPES" in cfg else False
+        ret["box_features"] = box_feature_scales(cfg)
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -214,7 +215,7 @@ class NucleusRCNN(GeneralizedRCNN):
                 results = [x.to(self.device) for x in detected_instances]
             results = self._forward_with_given_boxes_chunked(features, results)
             if self.box_features:
-                add_box_features(self.roi_heads, features, results, self.mask_chunk_size)
+                add_box_features(self.roi_heads, features, results, self.mask_chunk_size, self.box_features)
         if self.maskness_power > 0:
             maskness_rescore(results, self.mask_threshold, self.maskness_power)
         if not do_postprocess:

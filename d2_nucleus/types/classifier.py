@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .features import FEATURE_KINDS, MEASUREMENT_FEATURES, feature_matrix
+from .features import FEATURE_KINDS, MEASUREMENT_FEATURES, MODEL_FEATURES, feature_matrix
 
 __all__ = ["BadClassifierError", "DEFAULT_COLORS", "TypeClassifier", "default_colors"]
 
@@ -62,7 +62,8 @@ class TypeClassifier:
         class_names: the types, in the order of the output probabilities.
         colors: RGB colour of each type (overlays, QuPath).
         recipe: the features it expects: ``{"features": [...], "measurement_names": [...],
-            "box_dim": D or 0, "model": {"fingerprint": sha256 of the model's state dict, ...},
+            "box_dim": D or 0 (of the box and of the context features), "context_scale": s,
+            "model": {"fingerprint": sha256 of the model's state dict, ...},
             "working_mpp": um per model-input pixel, "stain": "ruifrok" | "macenko"}``.
         mean, std: feature standardisation.
         layers: [(weight (out x in), bias (out,)), ...]; ReLU between layers.
@@ -83,8 +84,13 @@ class TypeClassifier:
         return list(self.recipe["features"])
 
     @property
-    def needs_box_features(self) -> bool:
-        return "box" in self.recipe["features"]
+    def needs_model_features(self) -> bool:
+        """Whether it reads the segmentation model's own features (box or context)."""
+        return any(k in self.recipe["features"] for k in MODEL_FEATURES)
+
+    @property
+    def context_scale(self) -> float:
+        return float(self.recipe.get("context_scale") or 0.0) if "context" in self.recipe["features"] else 0.0
 
     @property
     def needs_measurements(self) -> bool:
@@ -96,7 +102,7 @@ class TypeClassifier:
 
     def check_model(self, fingerprint: Optional[str], source: str = "") -> None:
         """Refuse (one line) to classify box features of another model than the one trained on."""
-        if not self.needs_box_features:
+        if not self.needs_model_features:
             return
         want = self.recipe.get("model", {}).get("fingerprint")
         if fingerprint != want:
@@ -107,9 +113,9 @@ class TypeClassifier:
             )
 
     # -- inference ---------------------------------------------------------------------------
-    def feature_matrix(self, box_features: Optional[np.ndarray] = None,
+    def feature_matrix(self, model_features: Optional[Mapping[str, np.ndarray]] = None,
                        columns: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
-        x = feature_matrix(self.features, box_features, columns,
+        x = feature_matrix(self.features, model_features, columns,
                            measurement_names=self.recipe.get("measurement_names", MEASUREMENT_FEATURES))
         if x.shape[1] != self.feature_dim:
             raise ValueError(f"the classifier expects {self.feature_dim} features a nucleus, got {x.shape[1]}")
@@ -130,10 +136,13 @@ class TypeClassifier:
         e = np.exp(h)
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float64) if len(e) else np.zeros((0, len(self.class_names)))
 
-    def predict(self, box_features: Optional[np.ndarray] = None,
+    def predict(self, model_features: Optional[Mapping[str, np.ndarray]] = None,
                 columns: Optional[Mapping[str, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """(type index (N,) int64, probabilities (N, K)) of N nuclei."""
-        probs = self.predict_proba(self.feature_matrix(box_features, columns))
+        """
+        (type index (N,) int64, probabilities (N, K)) of N nuclei from the model's features
+        (``{"box": (N, D), "context": (N, D)}``, those it needs) and their measurement ``columns``.
+        """
+        probs = self.predict_proba(self.feature_matrix(model_features, columns))
         return probs.argmax(axis=1).astype(np.int64), probs
 
     # -- file ----------------------------------------------------------------------------------
@@ -196,7 +205,7 @@ class TypeClassifier:
         layers = [(np.asarray(arrays[f"layer{i}_weight"], np.float32), np.asarray(arrays[f"layer{i}_bias"], np.float32))
                   for i in range(int(header["layers"]))]
         dims = [len(mean)] + [w.shape[0] for w, _ in layers]
-        expected = int(recipe.get("box_dim", 0)) * ("box" in recipe["features"]) + \
+        expected = int(recipe.get("box_dim", 0)) * sum(k in recipe["features"] for k in MODEL_FEATURES) + \
             len(recipe.get("measurement_names", MEASUREMENT_FEATURES)) * ("measurements" in recipe["features"])
         if not layers or mean.shape != std.shape or mean.ndim != 1 or len(mean) != expected or not (std > 0).all():
             raise ValueError(f"normalisation arrays do not fit the recipe ({expected} features)")

@@ -17,15 +17,18 @@ def add_types_config(cfg):
     # final box, e.g. 512-d for the CPU recipe) as the Instances field ``box_features``
     # (modeling/nucleus_features.py). Set by the tools when a classifier needs them.
     cfg.TYPES.BOX_FEATURES = False
+    # With BOX_FEATURES: also the box head's output for a square of this many times the box's
+    # longer side around it (``context_features``: the nucleus' surroundings; 0 = off).
+    cfg.TYPES.CONTEXT_SCALE = 3.0
     # A detection matches an annotated centre within this radius (um): 6 px at 20x (0.55 um/px)
     # as the field evaluates CRCHisto, 12 px at 40x.
     cfg.TYPES.MATCH_RADIUS_UM = 3.3
 
     # --- training (tools/train_types.py; d2_nucleus/types/training.py) ---------------------------
-    # Features of a nucleus: "box" (the model's box-head features) and/or "measurements" (shape,
-    # size in um, H&E optical densities, RGB: d2_nucleus.measurements; what QuPath's object
-    # classifier sees).
-    cfg.TYPES.FEATURES = ("box", "measurements")
+    # Features of a nucleus: "box" (the model's box-head features), "context" (the same for its
+    # surroundings, CONTEXT_SCALE) and/or "measurements" (shape, size in um, H&E optical densities,
+    # RGB: d2_nucleus.measurements; what QuPath's object classifier sees).
+    cfg.TYPES.FEATURES = ("box", "context", "measurements")
     # Hidden units of the classifier's one hidden layer (0: multinomial logistic regression).
     cfg.TYPES.HIDDEN_DIM = 256
     # Training: AdamW on the standardised features, class-balanced cross-entropy.

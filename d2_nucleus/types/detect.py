@@ -12,10 +12,12 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from .features import MODEL_FEATURES
 
 __all__ = ["ImageNuclei", "NucleusDetector", "measure_selection"]
 
@@ -30,13 +32,14 @@ class ImageNuclei:
     Attributes:
         name: the image's name (file stem).
         columns: measurement columns (:func:`measure_nuclei`) plus ``score``, one row a nucleus.
-        box_features: (N, D) float32 box-head features, or None.
+        features: the model's features, ``{"box": (N, D), "context": (N, D)}`` float32 (those
+            computed; empty without).
         rles: the nuclei's COCO RLEs (not cached; None when read from the cache).
     """
 
     name: str
     columns: Dict[str, np.ndarray]
-    box_features: Optional[np.ndarray] = None
+    features: Dict[str, np.ndarray] = field(default_factory=dict)
     rles: Optional[list] = None
 
     def __len__(self) -> int:
@@ -76,7 +79,8 @@ class NucleusDetector:
 
     Args:
         cfg: the model's config (``MODEL.WEIGHTS`` a checkpoint).
-        box_features: also compute the box-head features (``TYPES.BOX_FEATURES``).
+        box_features: also compute the model's features of each nucleus' box (``TYPES.BOX_FEATURES``)
+            and, with ``TYPES.CONTEXT_SCALE`` > 0, of its context.
         stain: the measurements' stain vectors ("ruifrok" or "macenko").
         cache_dir: keep each image's result here and reuse it (None: no cache).
     """
@@ -89,6 +93,7 @@ class NucleusDetector:
         self.cfg.defrost()
         self.cfg.TYPES.BOX_FEATURES = bool(box_features)
         self.box_features = bool(box_features)
+        self.context_scale = float(self.cfg.TYPES.CONTEXT_SCALE) if box_features else 0.0
         self.stain = stain
         self.cache_dir = cache_dir
         self._predictors: Dict[float, "NucleusPredictor"] = {}
@@ -121,10 +126,10 @@ class NucleusDetector:
             return None
         predictor = self._predictor(mpp)
         key = json.dumps({
-            "model": self.fingerprint, "image": _file_digest(image), "mpp": mpp, "box": self.box_features,
+            "model": self.fingerprint, "image": _file_digest(image), "mpp": mpp, "box": self.box_features, "context": self.context_scale,
             "stain": self.stain, "scale": float(predictor.cfg.INPUT.TEST_SCALE),
             "thresh": float(self.cfg.TEST.LABEL_MAP_SCORE_THRESH), "visible": float(self.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
-            "bf16": bool(self.cfg.SOLVER.CPU_BF16), "v": 1,
+            "bf16": bool(self.cfg.SOLVER.CPU_BF16), "v": 2,
         }, sort_keys=True)  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         stem = os.path.splitext(os.path.basename(image))[0]
@@ -142,8 +147,8 @@ class NucleusDetector:
             try:
                 with np.load(cache, allow_pickle=False) as data:
                     columns = {k[4:]: data[k] for k in data.files if k.startswith("col_")}
-                    box = data["box_features"] if "box_features" in data.files else None
-                return ImageNuclei(name, columns, box)
+                    features = {k[5:]: data[k] for k in data.files if k.startswith("feat_")}
+                return ImageNuclei(name, columns, features)
             except (OSError, ValueError, KeyError, EOFError) as e:
                 logger.warning("%s: unreadable cache entry (%s); segmenting again", cache, e)
         predictor = self._predictor(mpp)
@@ -157,17 +162,15 @@ class NucleusDetector:
         kept = [rles[i] for i in keep]
         columns = dict(measure_selection(np.ascontiguousarray(rgb), kept, mpp, self.stain))
         columns["score"] = scores[keep].astype(np.float64)
-        box = None
-        if self.box_features:
-            box = instances.box_features.numpy()[keep].astype(np.float32)
+        features = {kind: instances.get(f).numpy()[keep].astype(np.float32)
+                    for kind, f in MODEL_FEATURES.items() if instances.has(f)}
         if cache:
             os.makedirs(self.cache_dir, exist_ok=True)
             arrays = {f"col_{k}": np.asarray(v) for k, v in columns.items()}
-            if box is not None:
-                arrays["box_features"] = box
+            arrays.update({f"feat_{k}": v for k, v in features.items()})
             with atomic_write(cache, overwrite=True) as f:
                 np.savez(f, **arrays)
-        return ImageNuclei(name, columns, box, kept)
+        return ImageNuclei(name, columns, features, kept)
 
     def detect_all(self, annotations: Sequence, progress: bool = True) -> List[ImageNuclei]:
         """:meth:`detect` every :class:`.points.PointAnnotations`' image, with a progress bar."""

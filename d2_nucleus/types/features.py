@@ -6,6 +6,8 @@ The features a type classifier sees for each nucleus, and the identity of the mo
   the nucleus' final box (:mod:`d2_nucleus.modeling.nucleus_features`; 512 numbers for the CPU
   recipe). They depend on the model's weights and on the scale the image reached the model at, so
   a classifier records both (:func:`model_fingerprint`, ``working_mpp``).
+* ``"context"``: the same head's output for a square of ``TYPES.CONTEXT_SCALE`` x the box's
+  longer side around it: the nucleus' surroundings.
 * ``"measurements"``: :data:`MEASUREMENT_FEATURES`, columns of
   :func:`d2_nucleus.measurements.measure_nuclei` (size in micrometres, shape, H&E optical
   densities, RGB): what QuPath's object classifier has.
@@ -15,9 +17,11 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["FEATURE_KINDS", "MEASUREMENT_FEATURES", "feature_matrix", "model_fingerprint", "working_mpp"]
+__all__ = ["FEATURE_KINDS", "MEASUREMENT_FEATURES", "MODEL_FEATURES", "feature_matrix", "model_fingerprint", "working_mpp"]
 
-FEATURE_KINDS = ("box", "measurements")
+FEATURE_KINDS = ("box", "context", "measurements")
+#: The model's features: kind -> the Instances field holding them (NucleusRCNN with TYPES.BOX_FEATURES).
+MODEL_FEATURES = {"box": "box_features", "context": "context_features"}
 
 #: Measurement columns used as features (sizes in micrometres: the images' mpp must be known).
 MEASUREMENT_FEATURES = (
@@ -28,22 +32,24 @@ MEASUREMENT_FEATURES = (
 )  # fmt: skip
 
 
-def feature_matrix(kinds: Sequence[str], box_features: Optional[np.ndarray] = None,
+def feature_matrix(kinds: Sequence[str], model_features: Optional[Mapping[str, np.ndarray]] = None,
                    columns: Optional[Mapping[str, np.ndarray]] = None, num: Optional[int] = None,
                    measurement_names: Sequence[str] = MEASUREMENT_FEATURES) -> np.ndarray:
     """
-    The (N, D) float64 features of ``kinds`` ("box" first, then the measurements), NaN where a
-    measurement is undefined (e.g. the circularity of one pixel).
+    The (N, D) float64 features of ``kinds`` in the order of :data:`FEATURE_KINDS`, from the
+    model's features (``{"box": (N, D), "context": (N, D)}``) and the measurement ``columns``;
+    NaN where a measurement is undefined (e.g. the circularity of one pixel).
 
     Raises:
         ValueError: a feature kind is unknown or its values are missing, or the row counts differ.
     """
     parts = []
-    for kind in kinds:
-        if kind == "box":
-            if box_features is None:
-                raise ValueError("the classifier needs the model's box features (TYPES.BOX_FEATURES), none given")
-            parts.append(np.asarray(box_features, np.float64).reshape(len(box_features), -1))
+    for kind in [k for k in FEATURE_KINDS if k in kinds] + [k for k in kinds if k not in FEATURE_KINDS]:
+        if kind in MODEL_FEATURES:
+            values = (model_features or {}).get(kind)
+            if values is None:
+                raise ValueError(f"the classifier needs the model's {kind} features (TYPES.BOX_FEATURES), none given")
+            parts.append(np.asarray(values, np.float64).reshape(len(values), -1))
         elif kind == "measurements":
             if columns is None:
                 raise ValueError("the classifier needs the nuclei's measurements, none given")

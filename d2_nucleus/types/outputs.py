@@ -100,7 +100,7 @@ class TypePredictor:
         self.source = source
         self.mpp = float(mpp) if mpp else None
         self.stain = classifier.recipe.get("stain", "ruifrok")
-        if classifier.needs_box_features:
+        if classifier.needs_model_features:
             classifier.check_model(model_fingerprint, source)
             trained = classifier.recipe.get("working_mpp")
             if trained and working_mpp and abs(working_mpp / trained - 1) > 0.1:
@@ -120,12 +120,14 @@ class TypePredictor:
     def colors(self):
         return list(self.classifier.colors)
 
-    def classify(self, image_rgb: Optional[np.ndarray], rles: Sequence[Dict], box_features: Optional[np.ndarray] = None,
+    def classify(self, image_rgb: Optional[np.ndarray], rles: Sequence[Dict],
+                 model_features: Optional[Mapping[str, np.ndarray]] = None,
                  columns: Optional[Mapping[str, np.ndarray]] = None) -> TypedNuclei:
         """
-        Types of the nuclei ``rles`` (COCO RLEs in the image's pixels) of ``image_rgb``, given their
-        box features (rows in the order of ``rles``) and, optionally, their measurement
-        ``columns`` (else measured here with the classifier's stain method).
+        Types of the nuclei ``rles`` (COCO RLEs in the image's pixels) of ``image_rgb``, given the
+        model's features (``{"box": (N, D), "context": (N, D)}``, rows in the order of ``rles``)
+        and, optionally, their measurement ``columns`` (else measured here with the classifier's
+        stain method).
         """
         if self.classifier.needs_measurements and columns is None:
             from .detect import measure_selection
@@ -133,5 +135,5 @@ class TypePredictor:
             columns = measure_selection(np.ascontiguousarray(image_rgb), rles, self.mpp, self.stain)
         if not len(rles):
             return TypedNuclei(np.zeros(0, np.int64), np.zeros((0, len(self.class_names))), columns)
-        index, probs = self.classifier.predict(box_features, columns)
+        index, probs = self.classifier.predict(model_features, columns)
         return TypedNuclei(index, probs, dict(columns) if columns is not None else None)

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .classifier import TypeClassifier
-from .features import MEASUREMENT_FEATURES, feature_matrix
+from .features import FEATURE_KINDS, MEASUREMENT_FEATURES, MODEL_FEATURES, feature_matrix
 from .matching import match_points, radius_px
 
 __all__ = ["TrainingSet", "fit_classifier", "paired_labels", "training_set"]
@@ -56,7 +56,7 @@ def training_set(annotations: Sequence, nuclei: Sequence, kinds: Sequence[str], 
         keep = labels >= 0
         if not keep.any():
             continue
-        x = feature_matrix(kinds, nuc.box_features, nuc.columns, num=len(nuc))
+        x = feature_matrix(kinds, nuc.features, nuc.columns, num=len(nuc))
         xs.append(x[keep])
         ys.append(labels[keep])
         names += [ann.name] * int(keep.sum())
@@ -145,12 +145,14 @@ def classifier_from_cfg(cfg, train: TrainingSet, class_names, colors, recipe: Di
 
 
 def make_recipe(kinds: Sequence[str], box_dim: int, fingerprint: Optional[str], working_mpp: Optional[float],
-                stain: str, model: Optional[Dict] = None) -> Dict:
+                stain: str, model: Optional[Dict] = None, context_scale: float = 0.0) -> Dict:
     """The feature recipe a classifier file records (see :class:`TypeClassifier`)."""
+    model_kinds = any(k in MODEL_FEATURES for k in kinds)
     return {
-        "features": list(kinds),
+        "features": [k for k in FEATURE_KINDS if k in kinds],
         "measurement_names": list(MEASUREMENT_FEATURES) if "measurements" in kinds else [],
-        "box_dim": int(box_dim) if "box" in kinds else 0,
+        "box_dim": int(box_dim) if model_kinds else 0,
+        "context_scale": float(context_scale) if "context" in kinds else 0.0,
         "model": {"fingerprint": fingerprint, **(model or {})},
         "working_mpp": working_mpp,
         "stain": stain,

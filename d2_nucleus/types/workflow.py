@@ -10,7 +10,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .classifier import BadClassifierError, TypeClassifier, default_colors
 from .evaluation import evaluate_types
-from .features import FEATURE_KINDS
+from .features import FEATURE_KINDS, MODEL_FEATURES
 from .points import BadPointsError
 from .training import classifier_from_cfg, make_recipe, split_names, training_set
 
@@ -77,16 +77,18 @@ def train_types(cfg, annotations: Sequence, detector, progress: bool = True,
     """
     classes = _check_classes(annotations)
     kinds = _check_kinds(cfg.TYPES.FEATURES)
-    if "box" in kinds and not detector.box_features:
-        raise ValueError("TYPES.FEATURES has 'box' but the detector computes no box features")
+    model_kinds = [k for k in kinds if k in MODEL_FEATURES]
+    if model_kinds and not detector.box_features or "context" in kinds and not detector.context_scale:
+        raise ValueError(f"TYPES.FEATURES has {model_kinds} but the detector computes no such features "
+                         "(TYPES.BOX_FEATURES, TYPES.CONTEXT_SCALE)")
     nuclei = detector.detect_all(annotations, progress=progress)
     radius = float(cfg.TYPES.MATCH_RADIUS_UM)
     train = training_set(annotations, nuclei, kinds, radius)
-    box_dim = next((n.box_features.shape[1] for n in nuclei if n.box_features is not None), 0)
+    box_dim = next((n.features["box"].shape[1] for n in nuclei if "box" in n.features), 0)
     mpps = sorted({a.mpp for a in annotations})
-    working = detector.working_mpp(mpps[0]) if "box" in kinds else None
-    recipe = make_recipe(kinds, box_dim, detector.fingerprint if "box" in kinds else None, working,
-                         detector.stain, model_info)
+    working = detector.working_mpp(mpps[0]) if model_kinds else None
+    recipe = make_recipe(kinds, box_dim, detector.fingerprint if model_kinds else None, working,
+                         detector.stain, model_info, detector.context_scale)
     report = {
         "num_images": len(annotations), "nuclei": int(sum(len(n) for n in nuclei)),
         "centres": int(sum(len(a) for a in annotations)),
@@ -102,9 +104,9 @@ def evaluate_classifier(cfg, classifier: TypeClassifier, annotations: Sequence, 
                         progress: bool = True) -> Dict:
     """Detection and type metrics of ``classifier`` on the annotated images (see :mod:`.metrics`)."""
     _check_classes(annotations)
-    if classifier.needs_box_features:
-        if not detector.box_features:
-            raise ValueError("the classifier needs box features; the detector computes none")
+    if classifier.needs_model_features:
+        if not detector.box_features or (classifier.context_scale and detector.context_scale != classifier.context_scale):
+            raise ValueError("the detector does not compute the model features the classifier needs")
         classifier.check_model(detector.fingerprint, cfg.TYPES.CLASSIFIER)
     nuclei = detector.detect_all(annotations, progress=progress)
     return evaluate_types(classifier, annotations, nuclei, float(cfg.TYPES.MATCH_RADIUS_UM))
