@@ -172,3 +172,69 @@ def test_types_import_light_and_help():
                 "print('HEAVY', sorted(m for m in ('torch', 'detectron2') if m in sys.modules))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=120)
         assert r.returncode == 0 and "--points" in r.stdout and r.stdout.strip().endswith("HEAVY []"), r.stderr
+
+
+def _patch_data(n=300, seed=0):
+    """Patches whose class is a dark disc (0), a bright ring (1) or plain noise (2)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    r = np.hypot(yy, xx)
+    y = rng.integers(0, 3, n)
+    p = rng.normal(170, 20, (n, 16, 16, 3))
+    p[y == 0] -= 80 * (r < 4)[None, :, :, None]
+    p[y == 1] += 60 * ((r > 4) & (r < 7))[None, :, :, None]
+    return np.clip(p, 0, 255).astype(np.uint8), y
+
+
+def test_patch_classifier_learns_folds_and_roundtrips(tmp_path):
+    import torch
+
+    from d2_nucleus.types.network import _build, _fold, patch_embedding
+
+    patches, y = _patch_data()
+    recipe = make_recipe(["patch"], 0, None, None, "ruifrok")
+    clf = fit_classifier(np.zeros((len(y), 0)), y, NAMES, default_colors(NAMES), recipe, hidden_dim=16, epochs=15,
+                         lr=5e-3, batch_size=64, patches=patches, patch_channels=(4, 8))
+    test_patches, test_y = _patch_data(seed=1)
+    index, probs = clf.predict(None, None, test_patches)
+    assert (index == test_y).mean() > 0.9 and clf.needs_patches and len(clf.convs) == 4
+    with pytest.raises(ValueError, match="image patch around each nucleus"):
+        clf.predict(None, None, None)
+    path = tmp_path / "patch.npz"
+    clf.save(str(path))
+    loaded = TypeClassifier.load(str(path))
+    np.testing.assert_allclose(loaded.predict_proba(np.zeros((len(test_y), 0)), test_patches), probs, atol=1e-6)
+    assert loaded.recipe["patch"]["px"] == 16 and loaded.recipe["patch"]["channels"] == [4, 8]
+
+    # batch norms folded into the convolutions give the network's own outputs
+    torch.manual_seed(0)
+    net = _build(0, 3, 0, 0.0, (4,))
+    for m in net.patch:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 2)
+    net.eval()
+    convs, layers = _fold(net)
+    mean, std = np.array([0.5, 0.4, 0.6]), np.array([0.2, 0.3, 0.25])
+    from d2_nucleus.types.network import patch_tensor
+
+    with torch.no_grad():
+        want = net.patch(patch_tensor(test_patches[:20], mean, std)).mean(dim=(2, 3)).numpy()
+    np.testing.assert_allclose(patch_embedding(convs, test_patches[:20], mean, std), want, rtol=1e-4, atol=1e-5)
+
+
+def test_extract_patches_resamples_to_the_physical_size():
+    from d2_nucleus.types.patches import extract_patches
+
+    image = np.zeros((100, 120, 3), np.uint8)
+    image[40:60, 50:70] = 255  # a 20 x 20 px square centred at (59.5, 49.5)
+    at_size = extract_patches(image, [[59.5, 49.5]], mpp=0.55, patch_px=32, patch_um=17.6)
+    assert at_size.shape == (1, 32, 32, 3) and (at_size[0, :, :, 0] == 255).sum() == 400
+    # the same tissue at twice the resolution: the same patch
+    big = np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    twice = extract_patches(big, [[119.5, 99.5]], mpp=0.275, patch_px=32, patch_um=17.6)
+    assert np.abs(twice.astype(int) - at_size.astype(int)).max() <= 1
+    # near the border: mirrored, never out of bounds
+    edge = extract_patches(image, [[0, 0], [119, 99], [np.nan, 3]], mpp=0.55)
+    assert edge.shape == (3, 32, 32, 3) and not edge[2].any()
+    with pytest.raises(ValueError, match="resolution"):
+        extract_patches(image, [[1, 1]], mpp=None)

@@ -214,3 +214,20 @@ def test_model_box_and_context_features(data):
         torch.testing.assert_close(raw.box_features[:5], want.float(), rtol=1e-4, atol=1e-4)
     square = _context_boxes(Boxes(torch.tensor([[10.0, 20.0, 14.0, 22.0]])), 3.0).tensor
     assert square.tolist() == [[6.0, 15.0, 18.0, 27.0]]
+
+
+def test_patch_classifier_end_to_end(data, tmp_path):
+    """A classifier of image patches + measurements: trained, then applied by predict.py."""
+    from d2_nucleus.types.classifier import TypeClassifier
+
+    path = tmp_path / "patch.npz"
+    assert _train(data, path, "--features", "patch,measurements", "TYPES.PATCH_EPOCHS", "1",
+                  "TYPES.PATCH_CHANNELS", "(4,)") == 0
+    clf = TypeClassifier.load(str(path))
+    assert clf.features == ["measurements", "patch"] and len(clf.convs) == 2 and not clf.needs_model_features
+    out = tmp_path / "out"
+    assert _predict(data, "--output", out / "a.json", "--measurements", out / "m", "--types", path,
+                    "--mpp", "0.25", weights=data["other"]) == 0
+    stem = os.path.splitext(sorted(os.listdir(data["images"]))[0])[0]
+    table = pq.read_table(out / "m" / f"{stem}.parquet").to_pydict()
+    assert set(table["type"]) <= set(CLASSES) and len(table["prob_small"]) == len(table["id"])

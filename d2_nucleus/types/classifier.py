@@ -64,10 +64,14 @@ class TypeClassifier:
         recipe: the features it expects: ``{"features": [...], "measurement_names": [...],
             "box_dim": D or 0 (of the box and of the context features), "context_scale": s,
             "model": {"fingerprint": sha256 of the model's state dict, ...},
-            "working_mpp": um per model-input pixel, "stain": "ruifrok" | "macenko"}``.
+            "working_mpp": um per model-input pixel, "stain": "ruifrok" | "macenko",
+            "patch": {"px": P, "um": size, "mean": [r, g, b], "std": [r, g, b]} (with "patch")}``.
         mean, std: feature standardisation.
-        layers: [(weight (out x in), bias (out,)), ...]; ReLU between layers.
+        layers: [(weight (out x in), bias (out,)), ...]; ReLU between layers; the first takes the
+            patch branch's pooled output (if any) followed by the standardised features.
         info: free-form training record (counts, settings) kept in the file.
+        convs: the patch branch's 3 x 3 convolutions [(weight (out, in, 3, 3), bias (out,)), ...],
+            batch norms folded in (:mod:`.network`).
     """
 
     class_names: Sequence[str]
@@ -77,6 +81,7 @@ class TypeClassifier:
     std: np.ndarray
     layers: List[Tuple[np.ndarray, np.ndarray]]
     info: Dict = field(default_factory=dict)
+    convs: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     # -- what it needs -----------------------------------------------------------------------
     @property
@@ -87,6 +92,10 @@ class TypeClassifier:
     def needs_model_features(self) -> bool:
         """Whether it reads the segmentation model's own features (box or context)."""
         return any(k in self.recipe["features"] for k in MODEL_FEATURES)
+
+    @property
+    def needs_patches(self) -> bool:
+        return "patch" in self.recipe["features"]
 
     @property
     def context_scale(self) -> float:
@@ -114,8 +123,8 @@ class TypeClassifier:
 
     # -- inference ---------------------------------------------------------------------------
     def feature_matrix(self, model_features: Optional[Mapping[str, np.ndarray]] = None,
-                       columns: Optional[Mapping[str, np.ndarray]] = None) -> np.ndarray:
-        x = feature_matrix(self.features, model_features, columns,
+                       columns: Optional[Mapping[str, np.ndarray]] = None, num: Optional[int] = None) -> np.ndarray:
+        x = feature_matrix(self.features, model_features, columns, num=num,
                            measurement_names=self.recipe.get("measurement_names", MEASUREMENT_FEATURES))
         if x.shape[1] != self.feature_dim:
             raise ValueError(f"the classifier expects {self.feature_dim} features a nucleus, got {x.shape[1]}")
@@ -125,9 +134,16 @@ class TypeClassifier:
         z = (np.asarray(x, np.float64) - self.mean) / self.std
         return np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)  # undefined -> the training mean
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """(N, K) probabilities of the raw (unstandardised) feature rows ``x``."""
+    def predict_proba(self, x: np.ndarray, patches: Optional[np.ndarray] = None) -> np.ndarray:
+        """(N, K) probabilities of the raw (unstandardised) feature rows ``x`` and uint8 ``patches``."""
         h = self.standardize(x).astype(np.float32)
+        if self.convs:
+            if patches is None or len(patches) != len(h):
+                raise ValueError("the classifier needs an image patch around each nucleus")
+            from .network import patch_embedding
+
+            p = self.recipe["patch"]
+            h = np.concatenate([patch_embedding(self.convs, patches, p["mean"], p["std"]).astype(np.float32), h], axis=1)
         for i, (w, b) in enumerate(self.layers):
             h = h @ w.T + b
             if i < len(self.layers) - 1:
@@ -137,12 +153,15 @@ class TypeClassifier:
         return (e / e.sum(axis=1, keepdims=True)).astype(np.float64) if len(e) else np.zeros((0, len(self.class_names)))
 
     def predict(self, model_features: Optional[Mapping[str, np.ndarray]] = None,
-                columns: Optional[Mapping[str, np.ndarray]] = None) -> Tuple[np.ndarray, np.ndarray]:
+                columns: Optional[Mapping[str, np.ndarray]] = None,
+                patches: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
         """
         (type index (N,) int64, probabilities (N, K)) of N nuclei from the model's features
-        (``{"box": (N, D), "context": (N, D)}``, those it needs) and their measurement ``columns``.
+        (``{"box": (N, D), "context": (N, D)}``, those it needs), their measurement ``columns``
+        and their image patches (:func:`.patches.extract_patches`, with the "patch" kind).
         """
-        probs = self.predict_proba(self.feature_matrix(model_features, columns))
+        num = len(patches) if patches is not None else None
+        probs = self.predict_proba(self.feature_matrix(model_features, columns, num), patches)
         return probs.argmax(axis=1).astype(np.int64), probs
 
     # -- file ----------------------------------------------------------------------------------
@@ -150,7 +169,7 @@ class TypeClassifier:
         return {
             "format": FORMAT, "version": VERSION, "classes": list(self.class_names),
             "colors": [list(map(int, c)) for c in self.colors], "recipe": self.recipe,
-            "layers": len(self.layers), "info": self.info,
+            "layers": len(self.layers), "convs": len(self.convs), "info": self.info,
         }  # fmt: skip
 
     def to_bytes(self) -> bytes:
@@ -159,6 +178,9 @@ class TypeClassifier:
         for i, (w, b) in enumerate(self.layers):
             arrays[f"layer{i}_weight"] = np.asarray(w, np.float32)
             arrays[f"layer{i}_bias"] = np.asarray(b, np.float32)
+        for i, (w, b) in enumerate(self.convs):
+            arrays[f"conv{i}_weight"] = np.asarray(w, np.float32)
+            arrays[f"conv{i}_bias"] = np.asarray(b, np.float32)
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         return buffer.getvalue()
@@ -204,10 +226,24 @@ class TypeClassifier:
         mean, std = np.asarray(arrays["mean"], np.float64), np.asarray(arrays["std"], np.float64)
         layers = [(np.asarray(arrays[f"layer{i}_weight"], np.float32), np.asarray(arrays[f"layer{i}_bias"], np.float32))
                   for i in range(int(header["layers"]))]
-        dims = [len(mean)] + [w.shape[0] for w, _ in layers]
+        convs = [(np.asarray(arrays[f"conv{i}_weight"], np.float32), np.asarray(arrays[f"conv{i}_bias"], np.float32))
+                 for i in range(int(header.get("convs", 0)))]
+        if bool(convs) != ("patch" in recipe["features"]):
+            raise ValueError("patch features and convolutions do not match")
+        channels = 3
+        for i, (w, b) in enumerate(convs):
+            if w.ndim != 4 or w.shape[1:] != (channels, 3, 3) or b.shape != (w.shape[0],):
+                raise ValueError(f"convolution {i} has shape {w.shape} / {b.shape}, expected inputs of {channels}")
+            channels = w.shape[0]
+        if convs:
+            p = recipe["patch"]
+            if int(p["px"]) < 2 or not float(p["um"]) > 0 or len(p["mean"]) != 3 or len(p["std"]) != 3:
+                raise ValueError("bad patch recipe")
+        dims = [len(mean) + (channels if convs else 0)] + [w.shape[0] for w, _ in layers]
         expected = int(recipe.get("box_dim", 0)) * sum(k in recipe["features"] for k in MODEL_FEATURES) + \
             len(recipe.get("measurement_names", MEASUREMENT_FEATURES)) * ("measurements" in recipe["features"])
-        if not layers or mean.shape != std.shape or mean.ndim != 1 or len(mean) != expected or not (std > 0).all():
+        if not layers or mean.shape != std.shape or mean.ndim != 1 or len(mean) != expected or not (std > 0).all() \
+                or not (len(mean) or convs):
             raise ValueError(f"normalisation arrays do not fit the recipe ({expected} features)")
         for i, (w, b) in enumerate(layers):
             if w.ndim != 2 or w.shape[1] != dims[i] or b.shape != (w.shape[0],):
@@ -215,4 +251,4 @@ class TypeClassifier:
         if dims[-1] != len(classes):
             raise ValueError(f"the last layer gives {dims[-1]} outputs for {len(classes)} classes")
         return cls([str(c) for c in classes], [tuple(int(v) for v in c) for c in colors], recipe, mean, std, layers,
-                   header.get("info") or {})
+                   header.get("info") or {}, convs)

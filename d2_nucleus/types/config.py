@@ -26,9 +26,16 @@ def add_types_config(cfg):
 
     # --- training (tools/train_types.py; d2_nucleus/types/training.py) ---------------------------
     # Features of a nucleus: "box" (the model's box-head features), "context" (the same for its
-    # surroundings, CONTEXT_SCALE) and/or "measurements" (shape, size in um, H&E optical densities,
-    # RGB: d2_nucleus.measurements; what QuPath's object classifier sees).
+    # surroundings, CONTEXT_SCALE), "measurements" (shape, size in um, H&E optical densities, RGB:
+    # d2_nucleus.measurements; what QuPath's object classifier sees) and/or "patch" (the image
+    # around it, through a small convolutional branch: types/network.py).
     cfg.TYPES.FEATURES = ("box", "context", "measurements")
+    # With "patch" in FEATURES: channels of the classifier's convolutional branch on the 17.6 um
+    # image patch around each nucleus (blocks of two 3 x 3 convolutions and a 2 x 2 max-pool), and
+    # its epochs and learning rate.
+    cfg.TYPES.PATCH_CHANNELS = (16, 32, 64)
+    cfg.TYPES.PATCH_EPOCHS = 12
+    cfg.TYPES.PATCH_LR = 2e-3
     # Hidden units of the classifier's one hidden layer (0: multinomial logistic regression).
     cfg.TYPES.HIDDEN_DIM = 256
     # Training: AdamW on the standardised features, class-balanced cross-entropy.

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .features import MODEL_FEATURES
+from .patches import extract_patches
 
 __all__ = ["ImageNuclei", "NucleusDetector", "measure_selection"]
 
@@ -33,7 +34,8 @@ class ImageNuclei:
         name: the image's name (file stem).
         columns: measurement columns (:func:`measure_nuclei`) plus ``score``, one row a nucleus.
         features: the model's features, ``{"box": (N, D), "context": (N, D)}`` float32 (those
-            computed; empty without).
+            computed), and ``"patch"``: (N, 32, 32, 3) uint8 image patches (:mod:`.patches`;
+            images of known resolution).
         rles: the nuclei's COCO RLEs (not cached; None when read from the cache).
     """
 
@@ -129,7 +131,7 @@ class NucleusDetector:
             "model": self.fingerprint, "image": _file_digest(image), "mpp": mpp, "box": self.box_features, "context": self.context_scale,
             "stain": self.stain, "scale": float(predictor.cfg.INPUT.TEST_SCALE),
             "thresh": float(self.cfg.TEST.LABEL_MAP_SCORE_THRESH), "visible": float(self.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
-            "bf16": bool(self.cfg.SOLVER.CPU_BF16), "v": 2,
+            "bf16": bool(self.cfg.SOLVER.CPU_BF16), "v": 3,
         }, sort_keys=True)  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         stem = os.path.splitext(os.path.basename(image))[0]
@@ -164,6 +166,9 @@ class NucleusDetector:
         columns["score"] = scores[keep].astype(np.float64)
         features = {kind: instances.get(f).numpy()[keep].astype(np.float32)
                     for kind, f in MODEL_FEATURES.items() if instances.has(f)}
+        if mpp:
+            xy = np.stack([columns["centroid_x"], columns["centroid_y"]], axis=1)
+            features["patch"] = extract_patches(rgb, xy, mpp)
         if cache:
             os.makedirs(self.cache_dir, exist_ok=True)
             arrays = {f"col_{k}": np.asarray(v) for k, v in columns.items()}

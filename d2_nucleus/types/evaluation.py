@@ -25,7 +25,9 @@ def evaluate_types(classifier, annotations: Sequence, nuclei: Sequence, radius_u
         raise ValueError(f"the classifier's classes {list(classifier.class_names)} differ from the annotations' {names}")
     evaluation = TypeEvaluation(names)
     for ann, nuc in zip(annotations, nuclei):
-        pred, _ = classifier.predict(nuc.features, nuc.columns) if len(nuc) else (np.zeros(0, np.int64), None)
+        pred = np.zeros(0, np.int64)
+        if len(nuc):
+            pred, _ = classifier.predict(nuc.features, nuc.columns, nuc.features.get("patch"))
         evaluation.add(ann.name, ann.xy, ann.labels, nuc.xy, pred, radius_px(radius_um, ann.mpp))
     results = evaluation.results()
     results["radius_um"] = float(radius_um)

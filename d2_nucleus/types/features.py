@@ -8,6 +8,8 @@ The features a type classifier sees for each nucleus, and the identity of the mo
   a classifier records both (:func:`model_fingerprint`, ``working_mpp``).
 * ``"context"``: the same head's output for a square of ``TYPES.CONTEXT_SCALE`` x the box's
   longer side around it: the nucleus' surroundings.
+* ``"patch"``: the image around the nucleus (:mod:`.patches`), read by the classifier's small
+  convolutional branch (:mod:`.network`) rather than given as numbers.
 * ``"measurements"``: :data:`MEASUREMENT_FEATURES`, columns of
   :func:`d2_nucleus.measurements.measure_nuclei` (size in micrometres, shape, H&E optical
   densities, RGB): what QuPath's object classifier has.
@@ -19,7 +21,7 @@ import numpy as np
 
 __all__ = ["FEATURE_KINDS", "MEASUREMENT_FEATURES", "MODEL_FEATURES", "feature_matrix", "model_fingerprint", "working_mpp"]
 
-FEATURE_KINDS = ("box", "context", "measurements")
+FEATURE_KINDS = ("box", "context", "measurements", "patch")
 #: The model's features: kind -> the Instances field holding them (NucleusRCNN with TYPES.BOX_FEATURES).
 MODEL_FEATURES = {"box": "box_features", "context": "context_features"}
 
@@ -45,6 +47,8 @@ def feature_matrix(kinds: Sequence[str], model_features: Optional[Mapping[str, n
     """
     parts = []
     for kind in [k for k in FEATURE_KINDS if k in kinds] + [k for k in kinds if k not in FEATURE_KINDS]:
+        if kind == "patch":
+            continue  # image patches go to the classifier's convolutional branch, not into this matrix
         if kind in MODEL_FEATURES:
             values = (model_features or {}).get(kind)
             if values is None:

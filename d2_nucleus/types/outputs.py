@@ -108,7 +108,7 @@ class TypePredictor:
                     "%s: trained on box features at %.3g um per model-input pixel, this run gives %.3g "
                     "(image mpp / INPUT.TEST_SCALE); types may be less accurate", source or "type classifier",
                     trained, working_mpp)
-        if classifier.needs_measurements and not self.mpp:
+        if (classifier.needs_measurements or classifier.needs_patches) and not self.mpp:
             raise BadClassifierError(f"{source or 'type classifier'}: uses sizes in micrometres; give the images' "
                                      "resolution (--mpp or MODEL.PIXEL_SIZE_UM)")
 
@@ -129,11 +129,19 @@ class TypePredictor:
         and, optionally, their measurement ``columns`` (else measured here with the classifier's
         stain method).
         """
-        if self.classifier.needs_measurements and columns is None:
+        clf = self.classifier
+        if (clf.needs_measurements or clf.needs_patches) and columns is None:
             from .detect import measure_selection
 
             columns = measure_selection(np.ascontiguousarray(image_rgb), rles, self.mpp, self.stain)
         if not len(rles):
             return TypedNuclei(np.zeros(0, np.int64), np.zeros((0, len(self.class_names))), columns)
-        index, probs = self.classifier.predict(model_features, columns)
+        patches = None
+        if clf.needs_patches:
+            from .patches import extract_patches
+
+            xy = np.stack([columns["centroid_x"], columns["centroid_y"]], axis=1)
+            p = clf.recipe["patch"]
+            patches = extract_patches(image_rgb, xy, self.mpp, int(p["px"]), float(p["um"]))
+        index, probs = clf.predict(model_features, columns, patches)
         return TypedNuclei(index, probs, dict(columns) if columns is not None else None)

@@ -23,6 +23,7 @@ import numpy as np
 from .classifier import TypeClassifier
 from .features import FEATURE_KINDS, MEASUREMENT_FEATURES, MODEL_FEATURES, feature_matrix
 from .matching import match_points, radius_px
+from .patches import PATCH_PX, PATCH_UM
 
 __all__ = ["TrainingSet", "fit_classifier", "paired_labels", "training_set"]
 
@@ -34,6 +35,7 @@ class TrainingSet:
     x: np.ndarray
     y: np.ndarray
     image: np.ndarray
+    patches: Optional[np.ndarray] = None
 
 
 def paired_labels(annotations, nuclei, radius_um: float) -> np.ndarray:
@@ -50,7 +52,7 @@ def paired_labels(annotations, nuclei, radius_um: float) -> np.ndarray:
 
 def training_set(annotations: Sequence, nuclei: Sequence, kinds: Sequence[str], radius_um: float) -> TrainingSet:
     """The features and labels of the paired, classed nuclei of every image."""
-    xs, ys, names = [], [], []
+    xs, ys, names, patches = [], [], [], []
     for ann, nuc in zip(annotations, nuclei):
         labels = paired_labels(ann, nuc, radius_um)
         keep = labels >= 0
@@ -59,11 +61,16 @@ def training_set(annotations: Sequence, nuclei: Sequence, kinds: Sequence[str], 
         x = feature_matrix(kinds, nuc.features, nuc.columns, num=len(nuc))
         xs.append(x[keep])
         ys.append(labels[keep])
+        if "patch" in kinds:
+            if "patch" not in nuc.features:
+                raise ValueError(f"{ann.name}: no image patches of the nuclei (NucleusDetector patches)")
+            patches.append(nuc.features["patch"][keep])
         names += [ann.name] * int(keep.sum())
     if not xs:
         raise ValueError("no segmented nucleus was paired with an annotated centre that has a class: "
                          "check the points' coordinates and the images' resolution (mpp)")
-    return TrainingSet(np.concatenate(xs), np.concatenate(ys), np.array(names, dtype=object))
+    return TrainingSet(np.concatenate(xs), np.concatenate(ys), np.array(names, dtype=object),
+                       np.concatenate(patches) if patches else None)
 
 
 def fit_classifier(
@@ -81,67 +88,58 @@ def fit_classifier(
     seed: int = 0,
     progress: bool = False,
     info: Optional[Dict] = None,
+    patches: Optional[np.ndarray] = None,
+    patch_channels: Sequence[int] = (),
 ) -> TypeClassifier:
     """
     Train a :class:`TypeClassifier` on raw feature rows ``x`` (N, D) with labels ``y`` in
-    0..K-1 (see the module docstring). Deterministic for a seed on one machine.
+    0..K-1 and, with ``patch_channels``, the uint8 image ``patches`` (N, P, P, 3) of the same
+    nuclei (see the module docstring and :mod:`.network`). Deterministic for a seed on one machine.
     """
-    import torch
-    from torch import nn
-    from tqdm import tqdm
+    from .network import train_network
 
-    x = np.asarray(x, np.float64)
+    x = np.asarray(x, np.float64).reshape(len(y), -1)
     y = np.asarray(y, np.int64)
     k = len(class_names)
-    if len(x) != len(y) or not len(y):
-        raise ValueError(f"need as many labels as feature rows, and some: {len(x)} rows, {len(y)} labels")
+    if not len(y):
+        raise ValueError("no training nuclei")
     if y.min() < 0 or y.max() >= k:
         raise ValueError(f"labels must be in 0..{k - 1}")
-    mean = np.nanmean(x, axis=0)
-    std = np.nanstd(x, axis=0)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(x, axis=0) if x.shape[1] else np.zeros(0)
+        std = np.nanstd(x, axis=0) if x.shape[1] else np.zeros(0)
     mean = np.where(np.isfinite(mean), mean, 0.0)
     std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
     z = np.nan_to_num((x - mean) / std, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
-
-    counts = np.bincount(y, minlength=k).astype(np.float64)
-    weights = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 0.0)
-    gen = torch.Generator().manual_seed(int(seed))
-    torch.manual_seed(int(seed))
-    d = z.shape[1]
-    if hidden_dim > 0:
-        net = nn.Sequential(nn.Linear(d, hidden_dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden_dim, k))
-    else:
-        net = nn.Sequential(nn.Linear(d, k))
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    steps = max(1, epochs * ((len(y) + batch_size - 1) // batch_size))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.as_tensor(weights, dtype=torch.float32))
-    xt, yt = torch.from_numpy(z), torch.from_numpy(y)
-    net.train()
-    for _ in tqdm(range(epochs), desc="train types", unit="epoch", disable=not progress):
-        order = torch.randperm(len(yt), generator=gen)
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            optimizer.zero_grad(set_to_none=True)
-            loss_fn(net(xt[idx]), yt[idx]).backward()
-            optimizer.step()
-            schedule.step()
-    linears = [m for m in net if isinstance(m, nn.Linear)]
-    layers = [(m.weight.detach().numpy().copy(), m.bias.detach().numpy().copy()) for m in linears]
+    recipe = dict(recipe)
+    patch_mean = patch_std = None
+    if patch_channels:
+        if patches is None or len(patches) != len(y):
+            raise ValueError("a patch classifier needs an image patch around each training nucleus")
+        flat = patches.reshape(-1, 3).astype(np.float64) / 255.0
+        patch_mean, patch_std = flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-3)
+        recipe["patch"] = dict(recipe.get("patch") or {}, px=int(patches.shape[1]), mean=patch_mean.tolist(),
+                               std=patch_std.tolist(), channels=[int(c) for c in patch_channels])
+    convs, layers = train_network(z, y, k, patches, patch_mean, patch_std, tuple(patch_channels), int(hidden_dim),
+                                  int(epochs), int(batch_size), lr, weight_decay, dropout, int(seed), progress)
+    counts = np.bincount(y, minlength=k)
     record = {"samples": int(len(y)), "class_counts": counts.astype(int).tolist(), "hidden_dim": int(hidden_dim),
               "epochs": int(epochs), "batch_size": int(batch_size), "lr": lr, "weight_decay": weight_decay,
               "dropout": dropout, "seed": int(seed), **(info or {})}
-    return TypeClassifier(list(class_names), list(colors), dict(recipe), mean, std, layers, record)
+    return TypeClassifier(list(class_names), list(colors), recipe, mean, std, layers, record, convs)
 
 
 def classifier_from_cfg(cfg, train: TrainingSet, class_names, colors, recipe: Dict, progress: bool = False,
                         info: Optional[Dict] = None) -> TypeClassifier:
     """:func:`fit_classifier` with the settings of ``cfg.TYPES``."""
     t = cfg.TYPES
+    patch = "patch" in recipe["features"]
     return fit_classifier(train.x, train.y, class_names, colors, recipe, hidden_dim=int(t.HIDDEN_DIM),
-                          epochs=int(t.EPOCHS), batch_size=int(t.BATCH_SIZE), lr=float(t.LR),
-                          weight_decay=float(t.WEIGHT_DECAY), dropout=float(t.DROPOUT), seed=int(t.SEED),
-                          progress=progress, info=info)
+                          epochs=int(t.PATCH_EPOCHS if patch else t.EPOCHS), batch_size=int(t.BATCH_SIZE),
+                          lr=float(t.PATCH_LR if patch else t.LR), weight_decay=float(t.WEIGHT_DECAY),
+                          dropout=float(t.DROPOUT), seed=int(t.SEED), progress=progress, info=info,
+                          patches=train.patches if patch else None,
+                          patch_channels=tuple(t.PATCH_CHANNELS) if patch else ())
 
 
 def make_recipe(kinds: Sequence[str], box_dim: int, fingerprint: Optional[str], working_mpp: Optional[float],
@@ -153,6 +151,7 @@ def make_recipe(kinds: Sequence[str], box_dim: int, fingerprint: Optional[str], 
         "measurement_names": list(MEASUREMENT_FEATURES) if "measurements" in kinds else [],
         "box_dim": int(box_dim) if model_kinds else 0,
         "context_scale": float(context_scale) if "context" in kinds else 0.0,
+        "patch": {"px": PATCH_PX, "um": PATCH_UM} if "patch" in kinds else None,
         "model": {"fingerprint": fingerprint, **(model or {})},
         "working_mpp": working_mpp,
         "stain": stain,
