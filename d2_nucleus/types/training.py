@@ -11,9 +11,10 @@ Training a type classifier from point annotations on top of a trained segmentati
    first have no label, the second no class.
 
 The classifier is a small MLP (one hidden layer, ``TYPES.HIDDEN_DIM``) or, with 0 hidden units,
-multinomial logistic regression, on standardised features, trained with AdamW and a
-class-balanced cross-entropy (each class weighted by N / (K n_c)), so that rare classes are not
-ignored. BENCHMARKS.md ("Nucleus types") has the measurements behind the defaults.
+multinomial logistic regression, on standardised features, with a small convolutional branch on
+the image patch around the nucleus when the features include "patch" (:mod:`.network`), trained
+with AdamW and a class-balanced cross-entropy (each class weighted by N / (K n_c)), so that rare
+classes are not ignored. BENCHMARKS.md ("Nucleus types") has the measurements behind the defaults.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
