@@ -19,8 +19,13 @@ SLIDE_TEST_SCALE ?= 1.0
 FINETUNE_ITERS ?= 150
 FROZEN_ITERS ?= 300
 FROZEN_DECAY ?= 200
+# make finetune PREPARED=... (tools/import_annotations.py --out) [WEIGHTS=...] [FINETUNE_DIR=...]
+FINETUNE_CONFIG ?= configs/cpu/finetune_R_18_FPN_cpu_gn.yaml
+FINETUNE_DIR ?= output/finetune
+WEIGHTS ?= $(RECIPE_DIR)/train/model_final.pth
+PREPARED ?=
 
-.PHONY: install test demo bench clean-demo recipe-val recipe-answer recipe-slides
+.PHONY: install test demo bench clean-demo recipe-val recipe-answer recipe-slides finetune
 
 install: $(STAMP)
 
@@ -60,6 +65,7 @@ demo: $(STAMP)
 # Each benchmark prints its table; BENCHMARKS.md records them. bench_train_speed takes ~10 minutes.
 bench: $(STAMP)
 	$(PY) bench/bench_mask2coco.py
+	$(PY) bench/bench_import.py
 	$(PY) bench/bench_postprocess.py
 	$(PY) bench/bench_evaluation.py
 	$(PY) bench/bench_measurements.py
@@ -101,3 +107,11 @@ recipe-slides: $(STAMP)
 	$(PY) tools/train_net.py --config-file "$(RECIPE_DIR)/frozen/model_frozen_gn.yaml" --data-root "$(RECIPE_DIR)/prepared" \
 	  SOLVER.BASE_LR 0.002 SOLVER.WARMUP_ITERS 20 SOLVER.STEPS '($(FROZEN_DECAY),)' \
 	  SOLVER.MAX_ITER $(FROZEN_ITERS) SOLVER.CHECKPOINT_PERIOD 100 OUTPUT_DIR "$(RECIPE_DIR)/frozen_ft"
+
+# Adapt a trained model (default: recipe-val's) to your own annotations, imported first with
+# tools/import_annotations.py --out PREPARED (README "Training on your own annotations"): the
+# fine-tune schedule (lower LR, 300 iterations, a checkpoint every 50), evaluated on PREPARED's val.
+finetune: $(STAMP)
+	@test -n "$(PREPARED)" || { echo "usage: make finetune PREPARED=path/to/imported/layout [WEIGHTS=model.pth] [FINETUNE_DIR=dir]"; exit 2; }
+	$(PY) tools/train_net.py --config-file $(FINETUNE_CONFIG) --data-root "$(PREPARED)" \
+	  MODEL.WEIGHTS "$(WEIGHTS)" OUTPUT_DIR "$(FINETUNE_DIR)"

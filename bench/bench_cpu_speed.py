@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 CPU inference speed of a d2_nucleus model on one dense image: the speed options of
-``MODEL.*`` (d2_nucleus/config.py, "Speed on CPU") one at a time and together, against the same
+``MODEL.CPU`` (d2_nucleus/config/cpu.py) one at a time and together, against the same
 model with all of them off (the code before they existed), measured in one run. Each variant runs
 in a fresh process (the malloc settings are process-wide) on the same image and weights.
 
@@ -9,16 +9,15 @@ in a fresh process (the malloc settings are process-wide) on the same image and 
         --image ../shared/data/dataset/<a test image>.png [--repeats 5] [--profile]
 
 Variants:
-  before      all speed options off: MODEL.FAST_GROUP_NORM / ROI_FEATURES_ONCE / CPU_TUNE_MALLOC
-              / NATIVE_ROI_ALIGN / NATIVE_GROUP_NORM False, MODEL.ROI_ALIGN_THREADS /
-              RPN_NMS_THREADS 1 (the config's bf16 / channels-last kept).
-  malloc      before + MODEL.CPU_TUNE_MALLOC
-  groupnorm   before + MODEL.FAST_GROUP_NORM
-  roi         before + MODEL.ROI_FEATURES_ONCE + MODEL.ROI_ALIGN_THREADS 0
-  nonative    all but MODEL.NATIVE_ROI_ALIGN / NATIVE_GROUP_NORM / RPN_NMS_THREADS (the defaults
-              before the C++ kernels and the threaded RPN NMS)
-  nativeroi   nonative + the C++ RoIAlign pooler (MODEL.NATIVE_ROI_ALIGN)
-  native      nativeroi + the C++ GroupNorm + ReLU (MODEL.NATIVE_GROUP_NORM)
+  before      all speed options off: MODEL.CPU.GROUP_NORM torch, ROI_ALIGN torchvision,
+              RPN_NMS_THREADS 1, TUNE_MALLOC False (the config's bf16 / channels-last kept).
+  malloc      before + MODEL.CPU.TUNE_MALLOC
+  groupnorm   before + MODEL.CPU.GROUP_NORM nchw
+  roi         before + MODEL.CPU.ROI_ALIGN threaded
+  nonative    GROUP_NORM nchw, ROI_ALIGN threaded, RPN_NMS_THREADS 1, malloc (the defaults before
+              the C++ kernels and the threaded RPN NMS)
+  nativeroi   nonative + the C++ RoIAlign pooler (ROI_ALIGN native)
+  native      nativeroi + the C++ GroupNorm + ReLU (GROUP_NORM native)
   all         the defaults: every option on.
 
 Reported: seconds per image (best of --repeats after one warm-up call), detections, peak RSS
@@ -37,20 +36,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_FEATURES_ONCE", "False",
-       "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.NATIVE_ROI_ALIGN", "False",
-       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1",
-       "MODEL.NATIVE_ANCHOR_IOU", "False"]
+OFF = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.TUNE_MALLOC", "False",
+       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2"]
 VARIANTS = {
     "before": OFF,
-    "malloc": OFF + ["MODEL.CPU_TUNE_MALLOC", "True"],
-    "groupnorm": OFF + ["MODEL.FAST_GROUP_NORM", "True"],
-    "roi": OFF + ["MODEL.ROI_FEATURES_ONCE", "True", "MODEL.ROI_ALIGN_THREADS", "0"],
+    "malloc": OFF + ["MODEL.CPU.TUNE_MALLOC", "True"],
+    "groupnorm": OFF + ["MODEL.CPU.GROUP_NORM", "nchw"],
+    "roi": OFF + ["MODEL.CPU.ROI_ALIGN", "threaded"],
     "all": [],
     # every option but the C++ kernels (the defaults before they existed), and but the C++ GroupNorm
-    "nonative": ["MODEL.NATIVE_ROI_ALIGN", "False", "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"],
-    "nativeroi": ["MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1"],
-    "native": ["MODEL.RPN_NMS_THREADS", "1"],
+    "nonative": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.ROI_ALIGN", "threaded", "MODEL.CPU.RPN_NMS_THREADS", "1"],
+    "nativeroi": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.RPN_NMS_THREADS", "1"],
+    "native": ["MODEL.CPU.RPN_NMS_THREADS", "1"],
 }
 
 
@@ -58,11 +55,14 @@ def child(args):
     import torch
 
     from d2_nucleus.config import get_inference_cfg
-    from d2_nucleus.engine.predictor import NucleusPredictor, read_image
+    from d2_nucleus.data.image_io import read_image
+    from d2_nucleus.engine import NucleusPredictor
+    from d2_nucleus.modeling.cpu.malloc import tune_process
 
     torch.manual_seed(0)
     opts = VARIANTS[args.child] + args.opts
     cfg = get_inference_cfg(os.path.join(ROOT, args.config), opts=opts, weights=args.weights, device="cpu")
+    tune_process(cfg)  # as the tools do
     predictor = NucleusPredictor(cfg)
     image = read_image(args.image, cfg.INPUT.FORMAT)
     out = predictor([image])

@@ -58,7 +58,7 @@ def run_one(method: str, n: int, size: int, out_json: str) -> dict:
         from detectron2.evaluation.coco_evaluation import instances_to_coco_json
         from detectron2.modeling.postprocessing import detector_postprocess as post
     else:
-        from d2_nucleus.export import instances_to_coco_json
+        from d2_nucleus.evaluation.coco_results import instances_to_coco_json
         from d2_nucleus.modeling import nucleus_postprocess as post
     inst = make_instances(n, size)
     base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -110,7 +110,7 @@ def _mosaic_slide(path, images, cols, gap, margin):
 def _predictor(args, opts=(), slide=False):
     """The model as tools/predict.py runs it, or with ``slide`` as tools/segment_slides.py does."""
     from d2_nucleus.engine import NucleusPredictor
-    from d2_nucleus.slide.config import set_slide_score_threshold
+    from d2_nucleus.config import set_slide_score_threshold
 
     cfg = get_nucleus_cfg(args.config_file, ["MODEL.WEIGHTS", args.weights, "MODEL.DEVICE", "cpu", *opts])
     if slide:
@@ -198,18 +198,29 @@ def bench_resume(args):
 
 # -------------------------------------------------------------------------------------------------
 def _rasterise(features, shape, dx=0, dy=0):
-    """Label map of GeoJSON polygons (pixel-centre rings), higher scores drawn last (on top)."""
+    """Label map of GeoJSON polygons (pixel edges: export/geojson.py), higher scores drawn last (on top)."""
+    from d2_nucleus.export.geojson import geometry_to_mask
+
     labels = np.zeros(shape, np.int32)
     order = sorted(range(len(features)), key=lambda i: features[i]["properties"]["measurements"]["Detection score"])
     for k, i in enumerate(order, 1):
-        ring = np.asarray(features[i]["geometry"]["coordinates"][0]) - [dx + 0.5, dy + 0.5]
-        cv2.fillPoly(labels, [np.round(ring).astype(np.int32)], k)
+        crop = geometry_to_mask(features[i]["geometry"])
+        if crop is None:
+            continue
+        mask, x0, y0 = crop
+        x0, y0 = x0 - dx, y0 - dy
+        h, w = mask.shape
+        a, b = max(0, -y0), max(0, -x0)  # clip to the label map
+        view = labels[y0 + a:y0 + h, x0 + b:x0 + w]
+        view[mask[a:a + view.shape[0], b:b + view.shape[1]] > 0] = k
     return labels
 
 
 def _centre_inside(feature, ox, oy, w, h):
-    ring = np.asarray(feature["geometry"]["coordinates"][0])
-    cx, cy = ring[:, 0].mean(), ring[:, 1].mean()
+    g = feature["geometry"]
+    polygons = g["coordinates"] if g["type"] == "MultiPolygon" else [g["coordinates"]]
+    xy = np.concatenate([np.asarray(p[0]) for p in polygons])  # exterior rings
+    cx, cy = xy[:, 0].mean(), xy[:, 1].mean()
     return ox <= cx < ox + w and oy <= cy < oy + h
 
 
@@ -217,13 +228,12 @@ def _duplicates(features, iou=0.5):
     """Pairs (i, j) of polygons with mask IoU > iou (boxes bucketed on a 64 px grid)."""
     from d2_nucleus.slide.stitching import crop_iou
 
+    from d2_nucleus.export.geojson import geometry_to_mask
+
     crops, buckets = [], {}
     for i, f in enumerate(features):
-        ring = np.round(np.asarray(f["geometry"]["coordinates"][0]) - 0.5).astype(np.int32)
-        x0, y0 = ring.min(axis=0)
-        x1, y1 = ring.max(axis=0) + 1
-        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillPoly(mask, [ring - [x0, y0]], 1)
+        mask, x0, y0 = geometry_to_mask(f["geometry"])
+        y1, x1 = y0 + mask.shape[0], x0 + mask.shape[1]
         crops.append((mask, int(x0), int(y0)))
         for bx in range(x0 // 64, x1 // 64 + 1):
             for by in range(y0 // 64, y1 // 64 + 1):

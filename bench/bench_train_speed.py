@@ -11,8 +11,8 @@ Variants (all train the same model from the same initial weights on random 512 p
              fp32, NCHW, DefaultTrainer's SimpleTrainer.
   mapper     plain + NucleusDatasetMapper's label-map fast path (same crop + flip augmentation).
   bf16       mapper + bfloat16 autocast on the CPU (AVX-512 BF16 / AMX).
-  recipe0    bf16 + channels-last with the CPU speed options of issue 15 off (MODEL.FAST_GROUP_NORM,
-             ROI_FEATURES_ONCE, CPU_TUNE_MALLOC False, ROI_ALIGN_THREADS 1): the recipe before them.
+  recipe0    bf16 + channels-last with the CPU speed options off (MODEL.CPU: GROUP_NORM torch,
+             ROI_ALIGN torchvision, TUNE_MALLOC False, ...): the recipe before them.
   recipe     bf16 + channels-last + those options (the defaults): what the CPU recipe trains with.
 
 The model defaults to the light ResNet-18-FPN GroupNorm Mask R-CNN (configs/cpu/).

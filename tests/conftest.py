@@ -5,6 +5,7 @@ import pytest
 from d2_nucleus.data.synthetic import generate_dataset
 
 RAW_DATA_ENV = "D2_NUCLEUS_RAW_DATA"
+SHARED_DATA_ENV = "D2_NUCLEUS_SHARED_DATA"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,17 @@ def real_raw():
         pytest.skip(f"${RAW_DATA_ENV} is not set")
     if not os.path.isdir(path):
         pytest.fail(f"${RAW_DATA_ENV}={path} is not a folder")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """The shared data folder (dataset/, monuseg_xml/, crchisto/) from $D2_NUCLEUS_SHARED_DATA; skip when unset."""
+    path = os.environ.get(SHARED_DATA_ENV)
+    if not path:
+        pytest.skip(f"${SHARED_DATA_ENV} is not set")
+    if not os.path.isdir(path):
+        pytest.fail(f"${SHARED_DATA_ENV}={path} is not a folder")
     return path
 
 

@@ -18,6 +18,7 @@ from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.data.synthetic_slide import write_synthetic_slide
 from d2_nucleus.slide.cluster import model_loads, read_manifest, segment_slides_on_cluster, start_local_cluster
+from d2_nucleus.slide.options import slide_cfg_from_args
 
 from tools_cli import load_tool
 from weights import save_untrained_weights
@@ -138,7 +139,7 @@ def test_killed_worker_slide_is_retried_and_resumed(data, cluster, tmp_path):
     out = tmp_path / "out"
     cli_args = load_tool("segment_cluster").get_parser().parse_args(
         [str(data["slides"]), "--out", str(out)] + data["args"])
-    cfg = load_tool("segment_slides").setup_cfg(cli_args)
+    cfg = slide_cfg_from_args(cli_args)
     killed = {}
 
     def kill_a_worker(futures):
@@ -159,7 +160,7 @@ def test_killed_worker_slide_is_retried_and_resumed(data, cluster, tmp_path):
                     return
             time.sleep(0.05)
 
-    rows = segment_slides_on_cluster(client, cfg, read_manifest([str(data["slides"])]), str(out), csv=True,
+    rows = segment_slides_on_cluster(client, cfg, read_manifest([str(data["slides"])]), str(out),
                                      progress=False, on_submitted=kill_a_worker)
     assert killed, "no worker was killed"
     assert [r["status"] for r in rows] == ["done"] * 4, rows
@@ -198,7 +199,7 @@ def test_resume_after_kill_between_tile_records_is_bit_identical(data, tmp_path)
     from d2_nucleus.slide import segment_slide
 
     args = load_tool("segment_cluster").get_parser().parse_args([str(data["slides"]), "--out", "x"] + data["args"])
-    cfg = load_tool("segment_slides").setup_cfg(args)
+    cfg = slide_cfg_from_args(args)
     assert cfg.SLIDE.BATCH_SIZE == 2
     predictor = NucleusPredictor(cfg, batch_size=2)
 
@@ -215,9 +216,9 @@ def test_resume_after_kill_between_tile_records_is_bit_identical(data, tmp_path)
     out = tmp_path / "out"
     with _torch_threads(1):  # as the reference
         with pytest.raises(KeyboardInterrupt):
-            segment_slide(OneBatch(), cfg, str(data["slides"] / "s0.svs"), str(out), csv=True, progress=False)
+            segment_slide(OneBatch(), cfg, str(data["slides"] / "s0.svs"), str(out), progress=False)
         records = sorted((out / ".s0.work" / "tiles").iterdir())  # row-major: the order of the run
         assert len(records) >= 2
         records[-1].unlink()  # killed after the pair's first record
-        segment_slide(predictor, cfg, str(data["slides"] / "s0.svs"), str(out), csv=True, progress=False)
+        segment_slide(predictor, cfg, str(data["slides"] / "s0.svs"), str(out), progress=False)
     _assert_same_outputs(data["ref"], out, names=["s0"])

@@ -1,6 +1,6 @@
 # -*- coding: utf-8 -*-
-"""The CPU speed options (MODEL.FAST_GROUP_NORM, ROI_ALIGN_THREADS, ROI_FEATURES_ONCE,
-CPU_TUNE_MALLOC): same parameters and state-dict keys, the same outputs, and the bf16 RoI-box fix."""
+"""The CPU speed options (MODEL.CPU: GROUP_NORM, ROI_ALIGN, RPN_NMS_THREADS, ANCHOR_IOU, TUNE_MALLOC): same
+parameters and state-dict keys, the same outputs, and the bf16 RoI-box fix."""
 import platform
 
 import numpy as np
@@ -14,14 +14,14 @@ from detectron2.structures import BitMasks, Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from d2_nucleus.config import get_nucleus_cfg
-from d2_nucleus.modeling import (
+from d2_nucleus.modeling.cpu import (
     NucleusGroupNorm,
     ThreadedROIAlign,
     convert_group_norms,
     convert_roi_aligns,
     roi_features,
 )
-from d2_nucleus.utils.malloc import tune_malloc
+from d2_nucleus.modeling.cpu.malloc import tune_malloc
 
 CONFIG = "configs/Base-Nucleus-RCNN-FPN.yaml"
 TINY = [
@@ -31,10 +31,8 @@ TINY = [
     "MODEL.RPN.PRE_NMS_TOPK_TEST", "300", "MODEL.RPN.POST_NMS_TOPK_TEST", "100", "MODEL.CHANNELS_LAST", "True",
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "40", "TEST.MASK_HEAD_CHUNK_SIZE", "16",
 ]
-OFF = ["MODEL.FAST_GROUP_NORM", "False", "MODEL.ROI_ALIGN_THREADS", "1", "MODEL.ROI_FEATURES_ONCE", "False",
-       "MODEL.CPU_TUNE_MALLOC", "False", "MODEL.NATIVE_ROI_ALIGN", "False",
-       "MODEL.NATIVE_GROUP_NORM", "False", "MODEL.RPN_NMS_THREADS", "1",
-       "MODEL.NATIVE_ANCHOR_IOU", "False"]
+OFF = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.TUNE_MALLOC", "False",
+       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2"]
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 14, 14), (2, 32, 40, 40), (1, 32, 7, 7)])
@@ -135,11 +133,11 @@ def test_speed_options_keep_checkpoints_and_fp32_outputs():
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_native_roi_align_same_detections(bf16):
-    """The C++ pooler (MODEL.NATIVE_ROI_ALIGN) changes no output bit, in fp32 and under bf16 autocast."""
-    from d2_nucleus.modeling.poolers import NucleusROIPooler
+    """The C++ pooler (MODEL.CPU.ROI_ALIGN native) changes no output bit, in fp32 and under bf16 autocast."""
+    from d2_nucleus.modeling.cpu import NucleusROIPooler
 
-    gn = ["MODEL.NATIVE_GROUP_NORM", "False"]  # (its values differ in the last bits: test below)
-    off, on = _model(gn + ["MODEL.NATIVE_ROI_ALIGN", "False"]), _model(gn)
+    gn = ["MODEL.CPU.GROUP_NORM", "nchw"]  # (native's values differ in the last bits: test below)
+    off, on = _model(gn + ["MODEL.CPU.ROI_ALIGN", "threaded"]), _model(gn)
     assert isinstance(on.roi_heads.box_pooler, NucleusROIPooler) and isinstance(on.roi_heads.mask_pooler, NucleusROIPooler)
     assert list(off.state_dict()) == list(on.state_dict())
     rng = np.random.default_rng(1)
@@ -156,7 +154,7 @@ def test_native_roi_align_same_detections(bf16):
 @pytest.mark.parametrize("shape", [(64, 32, 14, 14), (300, 32, 7, 7)])
 def test_native_group_norm_relu(shape, dtype):
     """The C++ GroupNorm + ReLU of RoI batches: float32 GroupNorm's values; training keeps PyTorch's path."""
-    from d2_nucleus.modeling.native import native_ops
+    from d2_nucleus.modeling.cpu import native_ops
 
     assert native_ops() is not None
     torch.manual_seed(0)
@@ -206,10 +204,10 @@ def test_native_group_norm_gradients(shape, relu, dtype):
 
 
 def test_native_group_norm_model_outputs():
-    """MODEL.NATIVE_GROUP_NORM: the RoI heads' ReLUs move into their GroupNorms; same detections up to rounding."""
+    """MODEL.CPU.GROUP_NORM native: the RoI heads' ReLUs move into their GroupNorms; same detections up to rounding."""
     from detectron2.layers import Conv2d
 
-    off, on = _model(["MODEL.NATIVE_GROUP_NORM", "False"]), _model([])
+    off, on = _model(["MODEL.CPU.GROUP_NORM", "nchw"]), _model([])
     assert list(off.state_dict()) == list(on.state_dict())
     convs = [m for m in on.roi_heads.modules() if isinstance(m, Conv2d) and isinstance(m.norm, NucleusGroupNorm)]
     assert convs and all(m.activation is None and m.norm.relu for m in convs)
@@ -225,12 +223,14 @@ def test_native_group_norm_model_outputs():
 
 
 def test_threaded_rpn_nms_same_proposals():
-    """MODEL.RPN_NMS_THREADS: one level a thread, the same proposals (Detectron2's per level), best first."""
-    from d2_nucleus.modeling.rpn import NucleusRPN
+    """MODEL.CPU.RPN_NMS_THREADS: one level a thread, the same proposals (Detectron2's per level), best first."""
+    from detectron2.modeling.proposal_generator.rpn import RPN
 
-    one = _model(["MODEL.RPN_NMS_THREADS", "1", "MODEL.NATIVE_ANCHOR_IOU", "False"])
-    threaded = _model(["MODEL.RPN_NMS_THREADS", "2"])
-    assert type(threaded.proposal_generator) is NucleusRPN and type(one.proposal_generator) is not NucleusRPN
+    from d2_nucleus.modeling.cpu import NucleusRPN
+
+    one = _model(["MODEL.PROPOSAL_GENERATOR.NAME", "RPN"])
+    threaded = _model(["MODEL.CPU.RPN_NMS_THREADS", "2"])
+    assert type(threaded.proposal_generator) is NucleusRPN and type(one.proposal_generator) is RPN
     threaded.load_state_dict(one.state_dict())
     rng = np.random.default_rng(3)
     image = torch.from_numpy(rng.integers(0, 255, (3, 160, 192), dtype=np.uint8))

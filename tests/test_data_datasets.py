@@ -99,3 +99,21 @@ def test_reregistration_replaces(prepared, tmp_path):
     register_nucleus_datasets(prepared)
     assert MetadataCatalog.get("nucleus_train").json_file.startswith(prepared)
     assert len(DatasetCatalog.get("nucleus_train")) > 0
+
+
+def test_preparing_twice_registers_once(prepared, monkeypatch):
+    """tools/train_net.py and the trainer both prepare the datasets: the second call registers nothing."""
+    from d2_nucleus.config import get_nucleus_cfg
+    from d2_nucleus.data.datasets import prepare_nucleus_datasets
+
+    cfg = get_nucleus_cfg(data_root=prepared)
+    calls = []
+    real = DatasetCatalog.register
+    monkeypatch.setattr(DatasetCatalog, "register", lambda name, f: calls.append(name) or real(name, f))
+    register_nucleus_datasets(str(prepared) + "/../elsewhere")  # another root first: replaced below
+    calls.clear()
+    assert prepare_nucleus_datasets(cfg, ["nucleus_train", "nucleus_val"]) == os.path.abspath(prepared)
+    assert sorted(calls) == sorted(DATASET_SPLITS)
+    calls.clear()
+    prepare_nucleus_datasets(cfg, ["nucleus_train", "nucleus_val"])
+    assert calls == []

@@ -330,7 +330,7 @@ def test_missing_test_img_ids(raw, tmp_path, capsys):
 
 def test_output_must_not_hold_raw(raw, tmp_path, capsys):
     rc = run_cli("--raw", raw, "--out", tmp_path, "--overwrite", "--quiet")
-    assert rc == 1 and "outside the raw dataset" in capsys.readouterr().err
+    assert rc == 1 and "would replace the folder holding the input" in capsys.readouterr().err
     assert (raw / "test_img_ids.json").exists()
     rc = run_cli("--raw", raw, "--out", raw / "prepared", "--quiet")
     assert rc == 1 and not (raw / "prepared").exists()

@@ -62,7 +62,7 @@ def test_eval_and_predict_give_the_same_detections(dataset, synthetic_prepared, 
 
     # --eval-only: the test loader (NucleusDatasetMapper) -> model -> NucleusEvaluator
     model = NucleusTrainer.build_model(cfg)
-    from d2_nucleus.compat import NucleusCheckpointer
+    from d2_nucleus.checkpoint import NucleusCheckpointer
 
     NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     evaluator = NucleusEvaluator(NAME, cfg, distributed=False, output_dir=str(tmp_path / "eval"))

@@ -268,6 +268,225 @@ def test_predict_failures(weights, tmp_path):
     assert not os.path.exists(res), os.listdir(res)  # not one file, not even a folder
 
 
+def _tree(root):
+    """{relative path: bytes} of every file under root (what is on disk)."""
+    out = {}
+    for d, _, files in os.walk(root):
+        for n in files:
+            path = os.path.join(d, n)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def test_config_errors_in_every_cli(synthetic_prepared, weights, tmp_path):
+    """A _BASE_ cycle, an empty config, a list at the top level and a YAML alias bomb: one line
+    naming the file and exit status 2 from every CLI, before anything is written (issue 27)."""
+    from test_config_files import alias_bomb
+
+    cfgs = tmp_path / "cfgs"
+    cfgs.mkdir()
+    (cfgs / "a.yaml").write_text("_BASE_: b.yaml\n")
+    (cfgs / "b.yaml").write_text("_BASE_: a.yaml\n")
+    (cfgs / "empty.yaml").write_text("")
+    (cfgs / "list.yaml").write_text("- MODEL\n")
+    (cfgs / "bomb.yaml").write_text(alias_bomb())
+    images = _images(tmp_path / "images", 1)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(slides / "s.png")
+    before = _tree(tmp_path)
+    out = tmp_path / "out"
+    tools = {
+        "train_net": lambda c: (TRAIN_NET, ["--config-file", c, "--data-root", synthetic_prepared, *SMALL,
+                                            "OUTPUT_DIR", out / "train"]),
+        "predict": lambda c: (PREDICT, ["--config-file", c, "--weights", weights["good"], "--input", images,
+                                        "--output", out / "answer.json", "--device", "cpu", "--quiet"]),
+        "segment_slides": lambda c: (os.path.join(ROOT, "tools", "segment_slides.py"),
+                                     ["--config-file", c, "--weights", weights["good"], slides, "--out", out / "slides",
+                                      "--device", "cpu", "--mpp", "0.25", "--quiet"]),
+        "segment_cluster": lambda c: (os.path.join(ROOT, "tools", "segment_cluster.py"),
+                                      ["--config-file", c, "--weights", weights["good"], slides, "--out", out / "cluster",
+                                       "--device", "cpu", "--mpp", "0.25", "--quiet", "--workers", "1"]),
+        "freeze_group_norm": lambda c: (os.path.join(ROOT, "tools", "freeze_group_norm.py"),
+                                        ["--config-file", c, "--weights", weights["good"], "--output", out / "f.pth",
+                                         "--data-root", synthetic_prepared, "--device", "cpu", "--quiet"]),
+    }
+    cases = []
+    for prog, command in tools.items():
+        cases.append((prog, command(cfgs / "a.yaml"), ["_BASE_ cycle", str(cfgs / "a.yaml"), "b.yaml"]))
+    for prog in ("train_net", "predict"):
+        cases += [(prog, tools[prog](cfgs / "empty.yaml"), [str(cfgs / "empty.yaml"), "empty config file"]),
+                  (prog, tools[prog](cfgs / "list.yaml"), [str(cfgs / "list.yaml"), "top level is a list"]),
+                  (prog, tools[prog](cfgs / "bomb.yaml"), [str(cfgs / "bomb.yaml"), "alias"])]
+    results = _run_cli_cases([c for _, c, _ in cases], timeout=600)
+    for (prog, (_, argv), fragments), result in zip(cases, results):
+        try:
+            _expect_error(result, prog, *fragments, rc=2)
+        except AssertionError as e:
+            raise AssertionError(f"{prog} {argv[1]}: {e}") from None
+    assert not out.exists()
+    assert _tree(tmp_path) == before  # configs, images, weights untouched; nothing written
+
+
+SLIDES = os.path.join(ROOT, "tools", "segment_slides.py")
+CLUSTER = os.path.join(ROOT, "tools", "segment_cluster.py")
+
+
+def test_bad_values_weights_and_bombs_in_every_cli(synthetic_prepared, weights, tmp_path):
+    """--mpp / --model-mpp NaN, inf or negative, a folder as weights, impossible solver values, a
+    weights URL whose server never answers, a decompression bomb: one line and exit status 2 from
+    each CLI concerned, nothing written, inputs unchanged (issue 27)."""
+    from test_image_io import png_bomb
+    from test_security import _SilentServer
+
+    images = _images(tmp_path / "images", 1)
+    bombs = tmp_path / "bombs"
+    bombs.mkdir()
+    png_bomb(bombs / "bomb.png", 20_000, 20_000)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(slides / "s.png")
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    before = _tree(tmp_path)
+    out = tmp_path / "out"
+
+    def predict(*extra, w=weights["good"], inp=images):
+        return (PREDICT, ["--config-file", DEMO, "--weights", w, "--input", inp, "--output", out / "answer.json",
+                          "--device", "cpu", "--quiet", *extra])
+
+    def slide(tool, *extra, w=weights["good"]):
+        return (tool, ["--config-file", DEMO, "--weights", w, slides, "--out", out / "slides", "--device", "cpu",
+                       "--quiet", *extra] + (["--workers", "1"] if tool == CLUSTER else []))
+
+    def train(*extra):
+        return (TRAIN_NET, ["--config-file", DEMO, "--data-root", synthetic_prepared, *SMALL, *extra,
+                            "OUTPUT_DIR", out / "train"])
+
+    with _SilentServer() as url:
+        cases = [
+            ("predict", predict("--measurements", out / "m", "--mpp", "nan"), ["--mpp", "nan"]),
+            ("predict", predict("--measurements", out / "m", "--mpp", "inf"), ["--mpp", "inf"]),
+            ("predict", predict("--measurements", out / "m", "--mpp", "-0.25"), ["--mpp", "-0.25"]),
+            ("segment_slides", slide(SLIDES, "--mpp", "nan"), ["--mpp", "nan"]),
+            ("segment_slides", slide(SLIDES, "--mpp", "0.25", "--model-mpp", "inf"), ["--model-mpp", "inf"]),
+            ("segment_cluster", slide(CLUSTER, "--mpp", "-1"), ["--mpp", "-1"]),
+            ("predict", predict(w=str(folder)), [str(folder), "is a folder"]),
+            ("segment_slides", slide(SLIDES, "--mpp", "0.25", w=str(folder)), [str(folder), "is a folder"]),
+            ("train_net", train("MODEL.WEIGHTS", folder), [str(folder), "is a folder"]),
+            ("train_net", train("SOLVER.IMS_PER_BATCH", "0"), ["SOLVER.IMS_PER_BATCH must be an integer >= 1, got 0"]),
+            ("train_net", train("SOLVER.MAX_ITER", "0"), ["SOLVER.MAX_ITER"]),
+            ("predict", predict("MODEL.PIXEL_SIZE_UM", "-1.0"), ["MODEL.PIXEL_SIZE_UM"]),
+            ("predict", predict("MODEL.WEIGHTS_DOWNLOAD_TIMEOUT", "2", w=url), ["decimal point (e.g. 2.0, not 2)"]),
+            ("predict", predict("MODEL.WEIGHTS_DOWNLOAD_TIMEOUT", "2.0", w=url), [url, "no answer", "2 s"]),
+            ("predict", predict(inp=str(bombs)), ["bomb.png", "20000x20000", "segment_slides"]),
+        ]
+        results = _run_cli_cases([c for _, c, _ in cases], timeout=900)
+    for (prog, (_, argv), fragments), result in zip(cases, results):
+        try:
+            _expect_error(result, prog, *fragments, rc=2)
+        except AssertionError as e:
+            raise AssertionError(f"{prog} {' '.join(map(str, argv[-6:]))}: {e}") from None
+    assert not out.exists()
+    assert _tree(tmp_path) == before
+
+
+def _wait_for(predicate, timeout, proc):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for the run to start working")
+
+
+def _interrupt(argv, started, timeout=300):
+    """Start a CLI, wait until ``started()``, send SIGINT (Ctrl-C); returns (rc, stderr)."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable] + [str(a) for a in argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        _wait_for(started, timeout, proc)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, err
+
+
+def test_ctrl_c_and_nan_loss_are_one_line(synthetic_prepared, weights, tmp_path):
+    """Ctrl-C in predict, segment_slides and train_net: one line, exit status 130, no traceback
+    (predict leaves nothing; the others keep what they had finished). A loss that becomes NaN:
+    one line naming the iteration, exit status 1 (issue 27)."""
+    from d2_nucleus.data.synthetic import render_nuclei_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (256, 256, 3), dtype=np.uint8)).save(
+            images / f"img{i:02d}.png")
+    res = tmp_path / "res"
+    rc, err = _interrupt([PREDICT, "--config-file", DEMO, "--weights", weights["good"], "--input", images,
+                          "--output", res / "answer.json", "--vis-dir", res / "vis", "--device", "cpu", "--quiet"],
+                         lambda: bool(_hidden_temps(res)))
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("predict: interrupted (Ctrl-C)"), err[-500:]
+    assert not os.path.exists(res) or not [f for _, _, fs in os.walk(res) for f in fs]  # nothing written
+
+    slide, _ = render_nuclei_image(np.random.default_rng(0), 1536, 1536, 1500)
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    Image.fromarray(slide).save(slides / "big.png")
+    out = tmp_path / "slides_out"
+    work = out / ".big.work" / "tiles"
+    rc, err = _interrupt([SLIDES, "--config-file", DEMO, "--weights", weights["good"], slides, "--out", out,
+                          "--mpp", "0.25", "--device", "cpu", "--quiet", "--tile-size", "256", "--no-tissue-mask"],
+                         lambda: work.is_dir() and len(os.listdir(work)) >= 1)
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("segment_slides: interrupted (Ctrl-C)"), err[-500:]
+
+    train_out = tmp_path / "train"
+    log = train_out / "log.txt"
+    rc, err = _interrupt([TRAIN_NET, "--config-file", DEMO, "--data-root", synthetic_prepared, *SMALL,
+                          "SOLVER.MAX_ITER", "100000", "OUTPUT_DIR", train_out],
+                         lambda: log.is_file() and "Starting training" in log.read_text())
+    assert rc == 130 and "Traceback" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("train_net: interrupted (Ctrl-C)"), err[-500:]
+
+    r = _run_cli_cases([(TRAIN_NET, ["--config-file", DEMO, "--data-root", synthetic_prepared, *SMALL,
+                                     "SOLVER.MAX_ITER", "20", "SOLVER.BASE_LR", "1e30", "SOLVER.WARMUP_ITERS", "0",
+                                     "OUTPUT_DIR", tmp_path / "nan"])])[0]
+    line = _expect_error(r, "train_net", "NaN or infinite at iteration", rc=1)
+    assert "Exception during training" not in r["stderr"] + r["stdout"]
+    print(line)
+
+
+def test_disk_full_names_the_file(weights, tmp_path):
+    """A write that fails for lack of space (here: RLIMIT_FSIZE, EFBIG, as ENOSPC would) names the
+    output, exit status 2, nothing left behind (issue 27)."""
+    import resource
+
+    images = _images(tmp_path / "images", 2)
+    res = tmp_path / "res"
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               PYTHONDONTWRITEBYTECODE="1")
+    r = subprocess.run([sys.executable, PREDICT, "--config-file", DEMO, "--weights", weights["good"], "--input",
+                        images, "--output", res / "answer.json", "--vis-dir", res / "vis", "--device", "cpu", "--quiet"],
+                       capture_output=True, text=True, env=env, preexec_fn=small_files, timeout=600)
+    result = {"rc": r.returncode, "stderr": r.stderr}
+    line = _expect_error(result, "predict", str(res), "File too large", rc=2)
+    assert "nothing was written" in line
+    assert not os.path.exists(res) or not [f for _, _, fs in os.walk(res) for f in fs]
+
+
 def test_predict_after_kill_is_not_blocked_by_temp_files(weights, tmp_path):
     """What a kill -9 leaves (hidden temp files of a dead process) is removed by the next run;
     temp files of a live process are left alone."""

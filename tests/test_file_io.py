@@ -74,3 +74,26 @@ def test_stale_old_folder_kept_when_its_target_is_gone(tmp_path):
     assert remove_stale_temps(str(tmp_path)) == []
     (tmp_path / "out").mkdir()
     assert remove_stale_temps(str(tmp_path)) == [str(old)]
+
+
+def test_disk_full_names_the_output(tmp_path, monkeypatch):
+    """ENOSPC carries no file name: atomic writes raise it again naming their target (issue 27),
+    and leave nothing behind."""
+    import errno
+
+    from d2_nucleus.utils import file_io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "answer.json"
+    monkeypatch.setattr(file_io.os, "fsync", full)
+    with pytest.raises(OSError) as e:
+        file_io.atomic_write_text(str(target), "x" * 1000)
+    assert e.value.errno == errno.ENOSPC and str(target) in str(e.value) and "No space left" in str(e.value)
+    assert os.listdir(tmp_path) == []
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="out.*No space left"):
+        with file_io.atomic_output_dir(str(tmp_path / "out")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert os.listdir(tmp_path) == []

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 
-from d2_nucleus.compat import WeightsMismatchError
+from d2_nucleus.checkpoint import WeightsMismatchError
 from d2_nucleus.config import get_inference_cfg, get_nucleus_cfg
 from d2_nucleus.engine.predictor import NucleusPredictor
 from d2_nucleus.modeling import FrozenGroupNorm, calibrate_frozen_group_norms, convert_frozen_group_norms

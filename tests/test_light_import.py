@@ -33,6 +33,7 @@ def test_package_and_light_modules_import_without_torch():
         "import d2_nucleus.utils.rle, d2_nucleus.utils.label_map, d2_nucleus.utils.file_io\n"
         "import d2_nucleus.data.prepare, d2_nucleus.data.mask2coco, d2_nucleus.data.synthetic\n"
         "import d2_nucleus.data.layout, d2_nucleus.data.raw, d2_nucleus.evaluation.nucleus_metrics\n"
+        "import d2_nucleus.data.importing, d2_nucleus.data.importers, d2_nucleus.data.rasterize\n"
         "import d2_nucleus.export.geojson, d2_nucleus.export.label_maps, d2_nucleus.export.overlay\n"
         "assert d2_nucleus.__version__\n" + _REPORT
     )
@@ -45,7 +46,7 @@ def test_lazy_names_still_resolve():
     r = _run("import d2_nucleus, d2_nucleus.engine as e, d2_nucleus.export as x\n"
              "assert d2_nucleus.NucleusTrainer.__name__ == 'NucleusTrainer'\n"
              "assert callable(d2_nucleus.get_nucleus_cfg) and callable(e.run_prediction)\n"
-             "assert callable(e.read_image) and e.NucleusPredictor and callable(x.write_answer)\n"
+             "assert callable(e.list_inputs) and e.NucleusPredictor and callable(x.write_answer)\n"
              "from detectron2.modeling import META_ARCH_REGISTRY\n"
              "assert 'NucleusRCNN' in META_ARCH_REGISTRY  # registered by the import above\n")
     assert r.returncode == 0, r.stderr
@@ -54,6 +55,7 @@ def test_lazy_names_still_resolve():
 @pytest.mark.parametrize("tool,args", [
     ("prepare_data.py", ["--help"]),
     ("prepare_data.py", ["convert", "--help"]),
+    ("import_annotations.py", ["--help"]),
     ("predict.py", ["--help"]),
     ("make_synthetic.py", ["--help"]),
     ("install_detectron2.py", ["--help"]),

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import shapely.geometry
 from PIL import Image
 from skimage.color import combine_stains, rgb2hed
 from skimage.draw import ellipse
@@ -17,7 +18,7 @@ from d2_nucleus.measurements.figure import write_distributions
 from d2_nucleus.measurements.outputs import MeasurementWriter
 from d2_nucleus.measurements.qupath import qupath_measurements
 from d2_nucleus.measurements.stain import RUIFROK_JOHNSTON, stain_conversion
-from d2_nucleus.measurements.summary import summarize, summarize_table
+from d2_nucleus.measurements.summary import read_summary_columns, summarize
 from d2_nucleus.utils import rle as rle_util
 
 TOL = 1e-6  # every measurement, the perimeter included, matches regionprops to ~1e-13
@@ -214,8 +215,11 @@ def test_geojson_with_measurements_is_valid(tmp_path):
     rows = qupath_measurements(columns, 0.25)
     geo = json.loads(json.dumps(rles_to_geojson(rles, np.ones(len(rles)), measurements=rows), allow_nan=False))
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == len(masks)
-    for feature, area, perimeter in zip(geo["features"], columns["area_um2"], columns["perimeter_px"]):
-        assert feature["type"] == "Feature" and feature["geometry"]["type"] == "Polygon"
+    for feature, area, area_px, perimeter in zip(geo["features"], columns["area_um2"], columns["area_px"],
+                                                 columns["perimeter_px"]):
+        assert feature["type"] == "Feature"
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == area_px  # QuPath's own area = the table's (issue 27)
         m = feature["properties"]["measurements"]
         assert m["Area µm^2"] == pytest.approx(area) and m["Detection score"] == 1
         assert {"Perimeter µm", "Solidity", "Hematoxylin OD mean", "Eosin OD std dev"} <= set(m)
@@ -256,7 +260,8 @@ def test_measurement_writer_outputs(tmp_path):
         np.testing.assert_array_equal(table[name].to_numpy(zero_copy_only=False), values)
     summary = json.load(open(tmp_path / "m" / "img.summary.json"))
     assert summary["count"] == len(masks) and summary["stain"] == "macenko" and len(summary["stain_vectors"]) == 3
-    assert summarize_table(str(tmp_path / "m" / "img.parquet"), mpp=0.25)["measurements"] == summary["measurements"]
+    columns, count = read_summary_columns(str(tmp_path / "m" / "img.parquet"))
+    assert summarize(columns, mpp=0.25, count=count)["measurements"] == summary["measurements"]
     with pytest.raises(FileExistsError):
         writer.check(["img"])
     with pytest.raises(ValueError, match="stain"):

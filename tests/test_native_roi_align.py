@@ -8,9 +8,9 @@ from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes
 from torchvision.ops import roi_align
 
-from d2_nucleus.modeling import poolers as poolers_module
-from d2_nucleus.modeling.native import native_ops
-from d2_nucleus.modeling.poolers import NucleusROIPooler, convert_poolers
+from d2_nucleus.modeling.cpu import poolers as poolers_module
+from d2_nucleus.modeling.cpu.native import native_ops
+from d2_nucleus.modeling.cpu.poolers import NucleusROIPooler, convert_poolers
 
 # The machines this project builds on have g++: a failed build is a failure here, not a skip.
 pytestmark = pytest.mark.skipif(bool(os.environ.get("D2_NUCLEUS_NO_NATIVE")), reason="D2_NUCLEUS_NO_NATIVE set")
@@ -147,7 +147,7 @@ def test_pooler_falls_back_without_kernels(ops, monkeypatch):
 
 
 def test_native_ops_fall_back_with_one_warning(monkeypatch, caplog):
-    from d2_nucleus.modeling import native
+    from d2_nucleus.modeling.cpu import native
 
     def fail(verbose=False):
         raise RuntimeError("g++: command not found")
@@ -174,21 +174,24 @@ def test_pairwise_iou_equals_detectron2s(ops):
 
 
 def test_rpn_anchor_matching_same_labels(ops):
-    """NucleusRPN.native_iou: Detectron2's anchor labels and matched boxes, and its pairwise_iou restored after."""
+    """NucleusRPN's native_iou: Detectron2's anchor labels and matched boxes; Detectron2's module untouched."""
     from detectron2.config import get_cfg
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.proposal_generator import rpn as d2_rpn
     from detectron2.modeling.proposal_generator.rpn import RPN
     from detectron2.structures import Instances
 
-    from d2_nucleus.modeling.rpn import NucleusRPN, convert_rpn
+    from d2_nucleus.config import add_cpu_config
+    from d2_nucleus.modeling.cpu import NucleusRPN
 
     cfg = get_cfg()
+    add_cpu_config(cfg)
     cfg.MODEL.RPN.IN_FEATURES = ["p2", "p3"]
     cfg.MODEL.ANCHOR_GENERATOR.SIZES = [[16], [32]]
+    cfg.MODEL.CPU.RPN_NMS_THREADS = 1
     shapes = {"p2": ShapeSpec(channels=8, stride=4), "p3": ShapeSpec(channels=8, stride=8)}
-    ref, ours = RPN(cfg, shapes), RPN(cfg, shapes)
-    assert convert_rpn(ours, threads=1, native_iou=True) == 1 and type(ours) is NucleusRPN
+    ref, ours = RPN(cfg, shapes), NucleusRPN(cfg, shapes)
+    assert ours.native_iou and ours.nms_threads == 1
     feats = [torch.zeros(2, 8, 48, 52), torch.zeros(2, 8, 24, 26)]
     anchors = ref.anchor_generator(feats)
     gts = []

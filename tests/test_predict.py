@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
+import shapely.geometry
 import tifffile
 import torch
 from PIL import Image
@@ -19,14 +20,10 @@ from detectron2.modeling import build_model
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.synthetic import render_nuclei_image
-from d2_nucleus.engine.predictor import BadImageError, list_inputs, read_image
-from d2_nucleus.export import (
-    OutputExistsError,
-    atomic_write,
-    check_writable,
-    rles_to_geojson,
-    write_label_map,
-)
+from d2_nucleus.data.image_io import BadImageError, read_image
+from d2_nucleus.engine.inputs import list_inputs
+from d2_nucleus.export import rles_to_geojson, write_label_map
+from d2_nucleus.utils.file_io import OutputExistsError, atomic_write, check_writable
 from d2_nucleus.modeling import NucleusRCNNWithTTA
 from weights import save_untrained_weights
 from d2_nucleus.utils.label_map import rles_to_label_map
@@ -182,18 +179,17 @@ def test_geojson_labels_and_overlays(weights, raw, tmp_path):
         assert len(geo["features"]) == len(dets)  # one feature per detection
         for feature, det in zip(geo["features"], dets):
             assert feature["type"] == "Feature"
-            assert feature["geometry"]["type"] == "Polygon"
+            assert feature["geometry"]["type"] in ("Polygon", "MultiPolygon")
             props = feature["properties"]
             assert props["objectType"] == "detection"
             assert props["classification"]["name"] == "Nucleus"
             assert props["measurements"]["Detection score"] == pytest.approx(det["score"])
-            (ring,) = feature["geometry"]["coordinates"]
-            assert len(ring) >= 4 and ring[0] == ring[-1]  # closed
-            xy = np.asarray(ring)
-            assert (xy >= 0).all() and (xy[:, 0] <= w).all() and (xy[:, 1] <= h).all()
+            # the mask's pixels exactly (pixel edges; tests/test_geojson.py): valid, same area, same box
+            polygon = shapely.geometry.shape(feature["geometry"])
+            assert polygon.is_valid and polygon.area == mask_util.area(det["segmentation"])
             x, y, bw, bh = mask_util.toBbox(det["segmentation"])
-            assert xy[:, 0].min() >= x and xy[:, 0].max() <= x + bw
-            assert xy[:, 1].min() >= y and xy[:, 1].max() <= y + bh
+            assert polygon.bounds == (x, y, x + bw, y + bh)
+            assert 0 <= x and x + bw <= w and 0 <= y and y + bh <= h
 
         labels = cv2.imread(str(tmp_path / "lab" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
         assert labels.dtype == np.uint16 and labels.shape == (h, w)
@@ -424,3 +420,19 @@ def test_image_outputs_min_visible(tmp_path):
         survivors = [0, 1, 2] if expected == 3 else [0, 2]
         np.testing.assert_array_equal(labels, rles_to_label_map(
             [rles[i] for i in survivors], 20, 20, scores=[[0.9, 0.8, 0.7][i] for i in survivors]))
+
+
+def test_images_beyond_max_size_test_warn_that_they_are_downscaled():
+    """INPUT.MAX_SIZE_TEST caps the model's input: a larger image is downscaled, its nuclei shrink;
+    prediction says so (issue 27) and names the tiled slide path."""
+    from d2_nucleus.engine.predictor import _warn_if_downscaled
+
+    cfg = get_nucleus_cfg(CONFIG, TINY_OPTS + ["INPUT.TEST_SCALE", "1.25", "INPUT.MAX_SIZE_TEST", "4000"])
+    with pytest.warns(UserWarning, match=r"6000x5000 image is downscaled to 4000x3333.*segment_slides"):
+        _warn_if_downscaled(cfg, 5000, 6000, (3333, 4000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_downscaled(cfg, 1000, 1000, (1250, 1250))  # the config's own upscale
+        cfg.INPUT.TEST_SCALE = 1.0
+        cfg.INPUT.MIN_SIZE_TEST = 800
+        _warn_if_downscaled(cfg, 1000, 1200, (800, 960))  # a short-edge resize by design

@@ -55,5 +55,5 @@ def test_predict_measurements_bad_mpp(weights, raw, tmp_path, capsys):
     ids = os.path.join(raw, "test_img_ids.json")
     rc = predict(weights, "--input", ids, "--output", tmp_path / "a.json", "--measurements", tmp_path / "m",
                  "--mpp", "-1")
-    assert rc == 2 and "mpp must be a positive" in capsys.readouterr().err
+    assert rc == 2 and "--mpp must be a finite number >= 0, got -1.0" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "m") and not os.path.exists(tmp_path / "a.json")

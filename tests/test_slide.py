@@ -14,19 +14,18 @@ import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import shapely.geometry
 import torch
 from detectron2.structures import Boxes, Instances
 
 from d2_nucleus.config import get_nucleus_cfg
 from d2_nucleus.data.synthetic import render_nuclei_image
 from d2_nucleus.data.synthetic_slide import write_synthetic_slide
+from d2_nucleus.data.slide_readers import SlideError, choose_level, open_slide
 from d2_nucleus.slide import (
-    SlideError,
     TileGrid,
     batch_tiles,
-    choose_level,
     detect_tissue,
-    open_slide,
     read_tile,
     segment_slide,
     slide_geometry,
@@ -211,12 +210,14 @@ def test_batches_hold_tiles_of_one_size():
 
 def test_slide_cli_detector_threshold_is_the_kept_score():
     """Slide mode computes masks only for the nuclei it keeps (score >= its threshold)."""
+    from d2_nucleus.slide.options import slide_cfg_from_args
+
     cli = load_tool("segment_slides")
     base = ["--config-file", DEMO_CONFIG, "--weights", "x.pth", "s.svs", "--out", "o", "--device", "cpu"]
-    cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
+    cfg = slide_cfg_from_args(cli.get_parser().parse_args(base + ["--opts", "TEST.LABEL_MAP_SCORE_THRESH", "0.3"]))
     assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(0.3)
     for value in ("0.7", "0.0"):
-        cfg = cli.setup_cfg(cli.get_parser().parse_args(base + ["--score-thresh", value]))
+        cfg = slide_cfg_from_args(cli.get_parser().parse_args(base + ["--score-thresh", value]))
         assert cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST == cfg.TEST.LABEL_MAP_SCORE_THRESH == pytest.approx(float(value))
 
 
@@ -273,6 +274,11 @@ def test_seams_each_nucleus_once_and_whole(label_slide, tmp_path):
     assert len(features) == len(gt)
     assert {f["properties"]["classification"]["name"] for f in features} == {"Nucleus"}
     assert len({f["id"] for f in features}) == len(features)
+    # each polygon is its nucleus' pixels: valid, area == the table's area_px (issue 27)
+    table = pq.read_table(os.path.join(tmp_path, "labels.parquet")).to_pydict()
+    for feature, area in zip(features, table["area_px"]):
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == area
     # the default tolerance keeps the same nuclei (nuclei on a seam are claimed twice, one copy dropped)
     summary = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "default"), progress=False)
     assert summary["nuclei"] == len(gt) and summary["nuclei_cut_at_tile_edges"] == 0
@@ -305,16 +311,16 @@ def test_small_overlap_reports_cut_nuclei(label_slide, tmp_path):
 # -------------------------------------------------------------------------------------------------
 def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_path):
     path, _ = label_slide
-    cfg = _cfg("SLIDE.BATCH_SIZE", "2")
+    cfg = _cfg("SLIDE.BATCH_SIZE", "2", "SLIDE.CSV", "True")
     full = str(tmp_path / "full")
     uninterrupted = LabelSegmenter()
-    segment_slide(uninterrupted, cfg, path, full, csv=True, progress=False)
+    segment_slide(uninterrupted, cfg, path, full, progress=False)
     # batches of up to 2 tiles of one size (edge tiles are smaller: never padded to a full tile)
     assert all(len(b) <= 2 and len(set(b)) == 1 for b in uninterrupted.batches)
     assert any(len(b) == 2 for b in uninterrupted.batches) and any(len(b) == 1 for b in uninterrupted.batches)
     out = str(tmp_path / "resumed")
     with pytest.raises(KeyboardInterrupt):
-        segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, csv=True, progress=False)
+        segment_slide(LabelSegmenter(fail_after=3), cfg, path, out, progress=False)
     # nothing final, the done tiles recorded
     assert sorted(os.listdir(out)) == [".labels.work"]
     done_tiles = os.listdir(os.path.join(out, ".labels.work", "tiles"))
@@ -325,7 +331,7 @@ def test_resume_after_interruption_equals_uninterrupted_run(label_slide, tmp_pat
         done = json.load(f)
     assert len(done["measurements"]["perimeter_px"]) == len(done["nuclei"]) > 0
     model = LabelSegmenter()
-    summary = segment_slide(model, cfg, path, out, csv=True, progress=False)
+    summary = segment_slide(model, cfg, path, out, progress=False)
     # the resumed run forms the uninterrupted run's remaining batches
     assert summary["resumed_tiles"] == n_done and model.batches == uninterrupted.batches[3:]
     for name in ("labels.geojson", "labels.csv"):
@@ -396,9 +402,9 @@ def test_cli_end_to_end_and_bad_slides(tmp_path, capsys):
     assert table.num_rows == summary["nuclei"]
     xs, ys = np.asarray(table["centroid_x"]), np.asarray(table["centroid_y"])
     assert ((xs >= 0) & (xs < 700) & (ys >= 0) & (ys < 600)).all()  # level-0 px of the slide
-    for feature in features:
-        ring = np.asarray(feature["geometry"]["coordinates"][0])
-        assert ring.shape[1] == 2 and (ring[0] == ring[-1]).all()
+    for feature, area in zip(features, table["area_px"].to_pylist()):
+        polygon = shapely.geometry.shape(feature["geometry"])
+        assert polygon.is_valid and polygon.area == pytest.approx(area, abs=1)  # level 0 at 0.252 um/px: scaled
         assert feature["properties"]["measurements"]["Detection score"] >= 0.0
     assert cv2.imread(str(out / "good.overview.png")) is not None
     # the same command again: complete slides are not redone
@@ -430,7 +436,7 @@ def test_user_tissue_mask_and_list_slides(label_slide, tmp_path):
     mask_path = str(tmp_path / "mask.png")
     cv2.imwrite(mask_path, mask)
     full = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "all"), progress=False)
-    half = segment_slide(LabelSegmenter(), _cfg(), path, str(tmp_path / "half"), tissue_mask=mask_path,
+    half = segment_slide(LabelSegmenter(), _cfg("SLIDE.TISSUE.MASK", mask_path), path, str(tmp_path / "half"),
                          progress=False)
     assert half["tissue"] == f"mask {mask_path}" and half["tiles_run"] < full["tiles_run"]
     assert half["tissue_mm2"] == pytest.approx(full["tissue_mm2"] / 2, rel=0.05)

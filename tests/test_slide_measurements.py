@@ -89,7 +89,7 @@ def test_slide_measurements_equal_plain_image_run(label_slide, tmp_path):
 def test_no_measurements_and_resume_across_settings(label_slide, tmp_path):
     path, _ = label_slide
     out = str(tmp_path / "out")
-    summary = segment_slide(LabelSegmenter(), _cfg(), path, out, measurements=False, progress=False)
+    summary = segment_slide(LabelSegmenter(), _cfg("SLIDE.MEASUREMENTS.ENABLED", "False"), path, out, progress=False)
     assert summary["measurements"] is None and summary["stain"] is None
     names = pq.read_schema(os.path.join(out, "labels.parquet")).names
     assert "perimeter_px" not in names and "hematoxylin_od_mean" not in names and "area_um2" in names
@@ -100,7 +100,8 @@ def test_no_measurements_and_resume_across_settings(label_slide, tmp_path):
     # a run interrupted without measurements is not resumed with them (the records lack them)
     out2 = str(tmp_path / "out2")
     with pytest.raises(KeyboardInterrupt):
-        segment_slide(LabelSegmenter(fail_after=2), _cfg(), path, out2, measurements=False, progress=False)
+        segment_slide(LabelSegmenter(fail_after=2), _cfg("SLIDE.MEASUREMENTS.ENABLED", "False"), path, out2,
+                      progress=False)
     summary = segment_slide(LabelSegmenter(), _cfg(), path, out2, progress=False)
     assert summary["resumed_tiles"] == 0 and "perimeter_um" in pq.read_schema(os.path.join(out2, "labels.parquet")).names
 
@@ -166,8 +167,8 @@ def test_resampled_slide_measurements_in_level0_units(tmp_path):
     np.testing.assert_allclose(t["hematoxylin_od_mean"], ref["hematoxylin_od_mean"][j], rtol=0.1)
 
     # Macenko stain vectors, estimated once from the slide's thumbnail, are used and reported
-    macenko = segment_slide(DarkSegmenter(), _cfg("SLIDE.OVERLAP", "64"), path, str(tmp_path / "macenko"),
-                            stain="macenko", progress=False)
+    macenko = segment_slide(DarkSegmenter(), _cfg("SLIDE.OVERLAP", "64", "SLIDE.MEASUREMENTS.STAIN", "macenko"), path,
+                            str(tmp_path / "macenko"), progress=False)
     assert macenko["stain"] == "macenko" and np.asarray(macenko["stain_vectors"]).shape == (3, 3)
     od = np.asarray(pq.read_table(str(tmp_path / "macenko" / "fine.parquet"))["hematoxylin_od_mean"])
     assert np.isfinite(od).all() and not np.allclose(od, t["hematoxylin_od_mean"])

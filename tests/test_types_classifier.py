@@ -10,7 +10,6 @@ import pytest
 
 from d2_nucleus.types.classifier import BadClassifierError, TypeClassifier, default_colors
 from d2_nucleus.types.features import MEASUREMENT_FEATURES, feature_matrix
-from d2_nucleus.types.outputs import prob_column, type_classifications, type_columns, type_summary
 from d2_nucleus.types.training import fit_classifier, make_recipe, split_names
 
 NAMES = ["epithelial", "fibroblast", "inflammatory"]
@@ -133,15 +132,6 @@ def test_feature_matrix_and_output_helpers():
         feature_matrix(["box", "measurements"], {"box": np.ones((2, 5))}, columns)
     with pytest.raises(ValueError, match="resolution"):
         feature_matrix(["measurements"], None, dict(columns, area_um2=np.full(3, np.nan)))
-    # table columns, QuPath classifications, summary
-    cols = type_columns(["Tumor cell", "lymphocyte"], np.array([1, 0, 1]), np.array([[.2, .8], [.9, .1], [.4, .6]]))
-    assert cols["type"].tolist() == ["lymphocyte", "Tumor cell", "lymphocyte"]
-    assert prob_column("Tumor cell") == "prob_Tumor_cell" and cols["prob_lymphocyte"].tolist() == [.8, .1, .6]
-    assert type_classifications(["a", "b"], [(1, 2, 3), (4, 5, 6)], [1, 0]) == [
-        {"name": "b", "color": [4, 5, 6]}, {"name": "a", "color": [1, 2, 3]}]
-    summary = type_summary(cols["type"], ["Tumor cell", "lymphocyte", "other"], area_mm2=0.5)
-    assert summary["lymphocyte"] == {"count": 2, "fraction": 2 / 3, "density_per_mm2": 4.0}
-    assert summary["other"]["count"] == 0 and type_summary([], ["a"])["a"]["fraction"] is None
     assert default_colors(["epithelial", "x", "y"])[0] == (200, 0, 0)
     assert len(set(default_colors([f"c{i}" for i in range(8)]))) == 8
 

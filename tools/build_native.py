@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """
-Compile d2_nucleus's C++ CPU kernels (d2_nucleus/modeling/csrc: the channels-last RoIAlign of
+Compile d2_nucleus's C++ CPU kernels (d2_nucleus/modeling/cpu/csrc: the channels-last RoIAlign of
 MODEL.NATIVE_ROI_ALIGN) with the system g++ and cache them, so a first prediction does not wait
 for the compiler. `make install` runs it. Without it they are compiled on first use; where they
 cannot be built d2_nucleus warns once and uses PyTorch's kernels.
 
     python tools/build_native.py [-v]
 
-The cache is $D2_NUCLEUS_NATIVE_CACHE (default ~/.cache/d2_nucleus/native), one build per source
-version, torch version and CPU model. Exit status 1 (one line on stderr) if the build fails.
+The cache is $D2_NUCLEUS_NATIVE_CACHE (default ~/.cache/d2_nucleus/native), one build per
+environment: sources, flags, torch (version, location, include paths), Python, compiler and CPU
+(model and flags); see d2_nucleus/modeling/cpu/native.py. Exit status 1 (one line on stderr) if the
+build fails.
 """
 import argparse
 import sys
@@ -27,7 +29,7 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     quiet_known_warnings()
-    from d2_nucleus.modeling.native import build_dir, build_native_ops
+    from d2_nucleus.modeling.cpu.native import build_dir, build_native_ops
 
     try:
         build_native_ops(verbose=args.verbose)

@@ -14,10 +14,10 @@ import logging
 import os
 import sys
 
-from d2_nucleus.utils.cli import quiet_known_warnings
+from d2_nucleus.utils.cli import check_flag_number, quiet_known_warnings, run_main
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_types import add_common_arguments, read_annotations, setup_cfg  # noqa: E402
+from train_types import add_common_arguments, input_paths, read_annotations, setup_cfg  # noqa: E402
 
 
 def get_parser():
@@ -37,14 +37,16 @@ def main(argv=None):
     from d2_nucleus.types.detect import NucleusDetector
     from d2_nucleus.types.evaluation import format_table, write_evaluation
     from d2_nucleus.types.workflow import evaluate_classifier, load_classifier, select_images
-    from d2_nucleus.utils.file_io import check_writable
+    from d2_nucleus.utils.file_io import check_not_input, check_writable
 
     paths = {k: os.path.join(args.out, name) for k, name in
              (("json", "metrics.json"), ("csv", "per_image.csv"), ("figure", "confusion.png"))}
     try:
+        check_flag_number(args.mpp, "--mpp")
         cfg = setup_cfg(args)
         if args.classifier is not None:
             cfg.TYPES.CLASSIFIER = args.classifier
+        check_not_input(list(paths.values()), input_paths(args, cfg) + [args.split, cfg.TYPES.CLASSIFIER])
         for path in paths.values():
             check_writable(path, overwrite=args.overwrite)
         classifier = load_classifier(cfg.TYPES.CLASSIFIER)
@@ -66,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "eval_types"))

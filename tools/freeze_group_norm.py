@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from d2_nucleus.utils.cli import error_line, quiet_known_warnings
+from d2_nucleus.utils.cli import error_line, quiet_known_warnings, run_main
 
 PROG = "freeze_group_norm"
 
@@ -45,16 +45,18 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     quiet_known_warnings()
     from d2_nucleus.config import get_inference_cfg
+    from d2_nucleus.modeling.cpu.malloc import tune_process
     from d2_nucleus.engine.group_norm_calibration import freeze_group_norms, frozen_output_paths, write_frozen_model
 
     try:
         if args.num_images < 0:
             raise ValueError(f"--num-images must be >= 0, got {args.num_images}")
         cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
+        tune_process(cfg)
         if args.data_root:
             cfg.NUCLEUS.DATA_ROOT = args.data_root
         # Before the model runs: a bad output name, or outputs that exist, are refused now.
-        frozen_output_paths(args.output, args.overwrite)
+        frozen_output_paths(args.output, args.overwrite, inputs=[args.config_file, cfg.MODEL.WEIGHTS])
         model, n = freeze_group_norms(cfg, args.dataset, args.num_images, progress=not args.quiet)
         pth, yaml = write_frozen_model(model, cfg, args.output, args.overwrite)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -65,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, PROG, "nothing was written"))

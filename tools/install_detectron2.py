@@ -18,6 +18,11 @@ without ``detectron2/layers/csrc``, so its own setup.py cannot build. This scrip
 3. checks the result in a fresh interpreter.
 
 Usage: ``python tools/install_detectron2.py [--force]``. Exits non-zero with a message on failure.
+
+``--wheel-dir DIR`` does steps 2's download and patch, then builds a wheel
+(``pb1_detectron2-0.6+d2nucleus-py3-none-any.whl``: pure Python, no extension) into ``DIR`` instead
+of installing it, for a machine that cannot download (``bench/gpu_wheels.sh`` carries it to a GPU
+machine). The environment running this script is not changed.
 """
 import argparse
 import os
@@ -81,7 +86,8 @@ def probe():
     return (out.stdout.strip().split() or ["absent"])[0]
 
 
-def install():
+def install(wheel_dir=None):
+    """Download, patch and ``pip install`` the sdist; with ``wheel_dir``, build a wheel there instead."""
     try:
         import torch  # noqa: F401  (the sdist's setup.py imports torch)
     except ImportError:
@@ -105,8 +111,14 @@ def install():
         # repository as the target.
         env = dict(os.environ, GIT_CEILING_DIRECTORIES=tmp)
         run(["git", "apply", "--verbose", "-p1", PATCH], cwd=src, env=env)
-        run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-             "--no-cache-dir", "-q", src], env=dict(os.environ, D2_VERSION_SUFFIX=VERSION_SUFFIX))
+        env = dict(os.environ, D2_VERSION_SUFFIX=VERSION_SUFFIX)
+        if wheel_dir:
+            os.makedirs(wheel_dir, exist_ok=True)
+            run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir",
+                 "-q", "-w", wheel_dir, src], env=env)
+        else:
+            run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation",
+                 "--no-cache-dir", "-q", src], env=env)
 
 
 def main():
@@ -114,8 +126,18 @@ def main():
     parser.add_argument("--force", action="store_true",
                         help="reinstall even if a patched Detectron2 is present "
                              "(a compiled source build is never replaced)")
+    parser.add_argument("--wheel-dir", default=None, metavar="DIR",
+                        help="build the patched Detectron2 as a pure-Python wheel into DIR instead of "
+                             "installing it (for machines without network access)")
     args = parser.parse_args()
 
+    if args.wheel_dir:
+        install(wheel_dir=args.wheel_dir)
+        wheels = [f for f in os.listdir(args.wheel_dir) if f.startswith("pb1_detectron2-") and f.endswith(".whl")]
+        if not wheels:
+            fail(f"no Detectron2 wheel was written to {args.wheel_dir}")
+        print("install_detectron2: wrote", ", ".join(os.path.join(args.wheel_dir, w) for w in sorted(wheels)))
+        return
     state = probe()
     if state == "compiled":
         print("install_detectron2: a Detectron2 with its compiled _C is installed; leaving it alone.")

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from d2_nucleus.utils.cli import quiet_known_warnings
+from d2_nucleus.utils.cli import check_flag_number, quiet_known_warnings, run_main
 
 
 def get_parser():
@@ -23,7 +23,11 @@ def get_parser():
     p.add_argument("--input", required=True,
                    help="a folder of images, one image, or a test_img_ids.json (images in test/ next to it)")
     p.add_argument("--ids", default=None, metavar="JSON",
-                   help="test_img_ids.json giving the image ids of the images in the --input folder")
+                   help="test_img_ids.json giving the image ids of the images in the --input folder; the folder "
+                   "may hold no other images unless --subset")
+    p.add_argument("--subset", action="store_true",
+                   help="with --ids: predict only the images it lists although the folder holds others "
+                   "(they are named in a warning and the summary)")
     p.add_argument("--output", default="answer.json", help="COCO results file (default: answer.json)")
     p.add_argument("--zip", action="store_true", help="also write <output>.zip with answer.json at its top level")
     p.add_argument("--score-thresh", type=float, default=None,
@@ -48,8 +52,9 @@ def get_parser():
     p.add_argument("--measurements-format", choices=("parquet", "csv"), default="parquet",
                    help="csv: also write <image>.csv next to the Parquet table (default: parquet)")
     p.add_argument("--mpp", type=float, default=None,
-                   help="micrometres per pixel of the images, for um / um^2 measurements "
-                   "(default: MODEL.PIXEL_SIZE_UM of the config; 0 there = pixels only)")
+                   help="micrometres per pixel of the images (default: the model's, MODEL.PIXEL_SIZE_UM): images "
+                   "at another resolution are resized to the model's for detection (outputs stay in their "
+                   "pixels), and the um / um^2 measurements use it")
     p.add_argument("--stain", choices=("ruifrok", "macenko"), default="ruifrok",
                    help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, "
                    "or estimated per image by Macenko's method (default: ruifrok)")
@@ -79,62 +84,41 @@ def setup_cfg(args):
     return cfg
 
 
-def setup_types(cfg, args):
-    """The type classifier of TYPES.CLASSIFIER, loaded before the model (None without one); the
-    config that computes the features it needs."""
-    if not cfg.TYPES.CLASSIFIER:
-        return None, cfg
-    from d2_nucleus.types.classifier import TypeClassifier
-
-    classifier = TypeClassifier.load(cfg.TYPES.CLASSIFIER)
-    if classifier.needs_model_features:
-        if args.tta:
-            raise ValueError(f"{cfg.TYPES.CLASSIFIER}: a type classifier of the model's features cannot be used with --tta")
-        cfg = cfg.clone()
-        cfg.defrost()
-        cfg.TYPES.BOX_FEATURES = True
-        cfg.TYPES.CONTEXT_SCALE = classifier.context_scale
-        cfg.freeze()
-    return classifier, cfg
-
-
-def type_predictor(classifier, predictor, mpp, source):
-    """The :class:`TypePredictor` of a loaded classifier for this model and these images."""
-    from d2_nucleus.types.features import model_fingerprint, working_mpp
-    from d2_nucleus.types.outputs import TypePredictor
-    from d2_nucleus.types.resolution import model_mpp
-
-    fingerprint = model_fingerprint(predictor.model) if classifier.needs_model_features else None
-    working = working_mpp(predictor.cfg, mpp or model_mpp(predictor.cfg))
-    return TypePredictor(classifier, mpp=mpp, model_fingerprint=fingerprint, working_mpp=working, source=source)
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torch and Detectron2 are imported only now: --help and argument errors return at once.
     quiet_known_warnings()
-    from d2_nucleus.engine.predictor import NucleusPredictor, check_outputs, list_inputs, run_prediction
+    from d2_nucleus.config import model_mpp
+    from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction, unlisted_images
+    from d2_nucleus.modeling.cpu.malloc import tune_process
+    from d2_nucleus.types.outputs import load_for_model, type_predictor
     from d2_nucleus.utils.file_io import output_transaction
 
     try:
+        check_flag_number(args.mpp, "--mpp", zero_ok=True)
+        if args.subset and not args.ids:
+            raise ValueError("--subset goes with --ids (the images it lists out of the --input folder)")
         cfg = setup_cfg(args)  # one-line ConfigError for a missing file, a bad key or odd overrides
-        items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad)
+        items = list_inputs(args.input, args.ids, allow_missing=args.skip_bad, subset=args.subset)
+        left_out = unlisted_images(args.input, items) if args.ids else []
         zip_path = os.path.splitext(args.output)[0] + ".zip" if args.zip else None
-        # Before loading the model: fail fast on outputs that exist or cannot be written.
-        check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
-                      args.label_format, args.overwrite)
-        classifier, cfg = setup_types(cfg, args)  # one-line error for a bad classifier file
-        mpp = args.mpp if args.mpp is not None else cfg.MODEL.PIXEL_SIZE_UM
         measurements = None
         if args.measurements:
             from d2_nucleus.measurements.outputs import MeasurementWriter
 
+            mpp = args.mpp if args.mpp is not None else model_mpp(cfg)
             measurements = MeasurementWriter(args.measurements, csv=args.measurements_format == "csv",
-                                             mpp=mpp or None, stain=args.stain)
-            measurements.check([it.stem for it in items], args.overwrite)
+                                             mpp=mpp, stain=args.stain)
+        # Before loading the model: fail fast on outputs that are inputs (whatever --overwrite), that
+        # exist or cannot be written.
+        check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
+                      args.label_format, args.overwrite, measurements,
+                      inputs=[args.input, args.ids, args.config_file, cfg.MODEL.WEIGHTS, cfg.TYPES.CLASSIFIER])
+        classifier, cfg = load_for_model(cfg, args.tta)  # one-line error for a bad classifier file
+        tune_process(cfg)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
-        types = type_predictor(classifier, predictor, mpp or None, cfg.TYPES.CLASSIFIER) if classifier else None
+        types = type_predictor(classifier, predictor.model, cfg, args.mpp) if classifier else None
         export_thresh = args.export_score_thresh
         if export_thresh is None:
             export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
@@ -154,6 +138,8 @@ def main(argv=None):
                 overwrite=args.overwrite,
                 progress=not args.quiet,
                 measurements=measurements,
+                mpp=args.mpp,
+                left_out=left_out,
                 types=types,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
@@ -164,4 +150,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "predict", "nothing was written (outputs appear together at the end)"))

@@ -122,4 +122,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from d2_nucleus.utils.cli import run_main
+
+    sys.exit(run_main(main, PROG, "nothing was written (the layout appears whole at the end)"))

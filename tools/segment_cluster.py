@@ -13,35 +13,34 @@ and a run report (one row per slide).
 
 Running the same command again skips complete slides and resumes partial ones.
 """
+import argparse
 import importlib.util
 import logging
 import os
 import sys
 
-
-def _slide_tool():
-    """tools/segment_slides.py: its flags and config set-up are this tool's too (no copy)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "segment_slides.py")
-    spec = importlib.util.spec_from_file_location("segment_slides_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from d2_nucleus.utils.cli import check_flag_number, error_line, run_main
 
 
-def get_parser(slide_tool=None):
-    p = (slide_tool or _slide_tool()).get_parser()
-    p.description = __doc__
-    p.prog = "segment_cluster.py"
-    for action in p._actions:
-        if action.dest == "slides":
-            action.help = ("slide or image files, folders of them, glob patterns (quoted: 'data/**/*.svs'), "
-                           "or CSV manifests with a 'path' column and an optional 'mpp' column")
+def get_parser():
+    from d2_nucleus.slide.options import add_slide_arguments
+
+    p = argparse.ArgumentParser(prog="segment_cluster.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("slides", nargs="+", metavar="SLIDE",
+                   help="slide or image files, folders of them, glob patterns (quoted: 'data/**/*.svs'), "
+                   "or CSV manifests with a 'path' column and an optional 'mpp' column")
+    add_slide_arguments(p)
     g = p.add_argument_group("cluster")
     where = g.add_mutually_exclusive_group()
     where.add_argument("--scheduler", default=None, metavar="ADDRESS",
                        help="join a running Dask scheduler, e.g. tcp://head:8786 (default: start a LocalCluster)")
     where.add_argument("--scheduler-file", default=None, metavar="FILE",
-                       help="join the Dask scheduler described by this file (dask scheduler --scheduler-file)")
+                       help="join the Dask scheduler described by this file (dask scheduler --scheduler-file), "
+                       "waiting for it to appear")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="give up (exit status 2) when the --scheduler-file has not appeared, or the scheduler "
+                   "has not answered, within this many seconds (default: 30)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="LocalCluster worker processes (default: one per GPU with CUDA, else CPU cores / "
                    "--threads-per-worker)")
@@ -73,35 +72,41 @@ def _local_sizes(args, cuda: bool):
 
 
 def main(argv=None):
-    slide_tool = _slide_tool()
-    args = get_parser(slide_tool).parse_args(argv)
+    args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from d2_nucleus.checkpoint import check_weights_path
     from d2_nucleus.slide.cluster import (
-        read_manifest, segment_slides_on_cluster, start_local_cluster, write_report,
+        read_manifest, scheduler_address, segment_slides_on_cluster, start_local_cluster, write_report,
     )
+    from d2_nucleus.slide.options import slide_cfg_from_args
+    from d2_nucleus.slide.outputs import check_slide_outputs
 
+    report = args.report or os.path.join(args.out, "cluster_report.csv")
+    address = None
     try:
-        if args.tissue_mask and args.no_tissue_mask:
-            raise ValueError("--tissue-mask and --no-tissue-mask exclude each other")
         for flag, least in (("workers", 1), ("threads_per_worker", 1), ("retries", 0), ("worker_deaths", 0)):
             value = getattr(args, flag)
             if value is not None and value < least:
                 raise ValueError(f"--{flag.replace('_', '-')} must be at least {least}, got {value}")
-        cfg = slide_tool.setup_cfg(args)
+        check_flag_number(args.connect_timeout, "--connect-timeout")
+        cfg = slide_cfg_from_args(args)
         jobs = read_manifest(args.slides, args.mpp)
-        if args.tissue_mask and os.path.isfile(args.tissue_mask) and len(jobs) > 1:
+        if os.path.isfile(cfg.SLIDE.TISSUE.MASK) and len(jobs) > 1:
             raise ValueError("one --tissue-mask file for several slides; pass a folder of <slide>.png masks")
         if os.path.exists(args.out) and not os.path.isdir(args.out):
             raise NotADirectoryError(f"--out {args.out!r} is a file")
-        weights = str(cfg.MODEL.WEIGHTS)
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"model weights {weights!r} not found (pass --weights)")
+        check_weights_path(str(cfg.MODEL.WEIGHTS))  # empty, a folder, missing: one line each
+        # no output (the slides' files, the report) replaces an input (slides, manifests, masks, config, weights)
+        check_slide_outputs(cfg, [j.path for j in jobs], args.out, inputs=[args.config_file] + args.slides,
+                            outputs=[report])
         # weights and slides are read by the workers: give them absolute paths
         cfg.defrost()
-        cfg.MODEL.WEIGHTS = os.path.abspath(weights)
+        cfg.MODEL.WEIGHTS = os.path.abspath(str(cfg.MODEL.WEIGHTS))
         cfg.freeze()
+        if args.scheduler or args.scheduler_file:  # bounded: a scheduler that never answers is an error
+            address = scheduler_address(args.scheduler, args.scheduler_file, args.connect_timeout)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        print(f"segment_cluster: error: {e}", file=sys.stderr)
+        print(error_line("segment_cluster", e), file=sys.stderr)
         return 2
 
     from distributed import Client
@@ -109,8 +114,8 @@ def main(argv=None):
     cuda = str(cfg.MODEL.DEVICE).startswith("cuda")
     cluster = client = None
     try:
-        if args.scheduler or args.scheduler_file:
-            client = Client(args.scheduler, scheduler_file=args.scheduler_file)
+        if address is not None:
+            client = Client(address, timeout=args.connect_timeout)
             threads = args.threads_per_worker
         else:
             workers, threads = _local_sizes(args, cuda)
@@ -122,19 +127,13 @@ def main(argv=None):
         if cluster is not None and importlib.util.find_spec("bokeh") is None:
             dashboard += " (its pages need the bokeh package: pip install bokeh)"
         print(f"Dask scheduler {info['address']}, {len(info['workers'])} worker(s); dashboard: {dashboard}", flush=True)
-        rows = segment_slides_on_cluster(
-            client, cfg, jobs, os.path.abspath(args.out),
-            use_tissue=False if args.no_tissue_mask else None,
-            tissue_mask=os.path.abspath(args.tissue_mask) if args.tissue_mask else None,
-            csv=args.csv, overwrite=args.overwrite, retries=args.retries, torch_threads=threads,
-            progress=not args.quiet,
-        )
+        rows = segment_slides_on_cluster(client, cfg, jobs, os.path.abspath(args.out), overwrite=args.overwrite,
+                                         retries=args.retries, torch_threads=threads, progress=not args.quiet)
     finally:
         if client is not None:
             client.close()
         if cluster is not None:
             cluster.close()
-    report = args.report or os.path.join(args.out, "cluster_report.csv")
     write_report(rows, report)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "exists", "failed")}
     print(f"{counts['done']} slide(s) done, {counts['exists']} already complete, {counts['failed']} failed; "
@@ -146,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "segment_cluster", "running the same command again resumes the slides"))

@@ -9,10 +9,9 @@ Train or evaluate a d2_nucleus model.
     python tools/train_net.py --config-file ... --num-gpus 8      # multi-GPU (torch DDP)
 
 Bad input (config, overrides, weights, data, OUTPUT_DIR) stops the run before training with a
-one-line error naming the file and exit status 2.
+one-line error naming the file and exit status 2; a loss that becomes NaN stops it with one line
+naming the iteration (exit status 1); Ctrl-C with one line (exit status 130).
 """
-import glob
-import os
 import sys
 
 import d2_nucleus  # noqa: F401  (first: its runtime fixes and warning filters apply to Detectron2's imports)
@@ -20,64 +19,36 @@ from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from d2_nucleus.compat import WeightsError
+from d2_nucleus.checkpoint import WeightsError, check_weights_path
 from d2_nucleus.config import ConfigError, get_nucleus_cfg
-from d2_nucleus.data import register_nucleus_datasets, resolve_data_root
-from d2_nucleus.data.datasets import check_nucleus_datasets
+from d2_nucleus.data.datasets import prepare_nucleus_datasets
+from d2_nucleus.data.raw import RawDataError
 from d2_nucleus.engine import NucleusTrainer
-from d2_nucleus.utils.cli import error_line
-from d2_nucleus.utils.file_io import OutputExistsError, check_writable_dir
+from d2_nucleus.engine.output_dir import check_output_dir, remove_earlier_run
+from d2_nucleus.engine.trainer import TrainingDiverged
+from d2_nucleus.modeling.cpu.malloc import tune_process
+from d2_nucleus.utils.cli import error_line, run_main
+from d2_nucleus.utils.file_io import OutputIsInputError
 
 PROG = "train_net"
 # Errors of the user's input; anything else keeps its traceback (a bug).
-USER_ERRORS = (ConfigError, WeightsError, OSError, KeyError)
-
-
-def check_output_dir(cfg, args):
-    """
-    Before anything is written: OUTPUT_DIR must be writable; a new training run does not go into
-    the OUTPUT_DIR of an earlier one unless --overwrite; --resume needs a run to resume.
-    """
-    out = cfg.OUTPUT_DIR
-    check_writable_dir(out)
-    marker = os.path.join(out, "last_checkpoint")
-    if args.resume:
-        if not os.path.isfile(marker):
-            raise FileNotFoundError(
-                f"--resume: OUTPUT_DIR {out!r} has no last_checkpoint to resume from (mistyped OUTPUT_DIR?); "
-                "leave out --resume to start a new run"
-            )
-        return
-    if args.eval_only:
-        return
-    earlier = sorted(
-        os.path.basename(p)
-        for p in glob.glob(os.path.join(glob.escape(out), "model_*.pth")) + [marker]
-        if os.path.isfile(p)
-    )
-    if earlier and not args.overwrite:
-        raise OutputExistsError(
-            f"OUTPUT_DIR {out!r} holds an earlier training run ({', '.join(earlier[:3])}"
-            f"{', ...' if len(earlier) > 3 else ''}); pass --resume to continue it, or --overwrite to "
-            "start a new run there (its checkpoints are replaced), or choose another OUTPUT_DIR"
-        )
-    if earlier and comm.is_main_process():
-        # The new run's checkpoints replace the old ones as they are saved; the old pointer and
-        # metrics would otherwise make a later --resume continue the earlier run, or mix its
-        # metrics into the new one's.
-        for name in ("last_checkpoint", "metrics.json"):
-            if os.path.isfile(os.path.join(out, name)):
-                os.remove(os.path.join(out, name))
+USER_ERRORS = (ConfigError, WeightsError, OSError, KeyError, RawDataError, OutputIsInputError)
 
 
 def setup(args):
     cfg = get_nucleus_cfg(args.config_file, args.opts, data_root=args.data_root)
     cfg.freeze()
-    check_output_dir(cfg, args)
-    # Data before anything is written: a missing val annotation file stops the run now.
-    register_nucleus_datasets(resolve_data_root(cfg=cfg))
-    check_nucleus_datasets(list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    # OUTPUT_DIR: no output replaces an input (whatever --overwrite), writable, an earlier run's rules
+    earlier = check_output_dir(cfg, args.config_file, args.resume, args.eval_only, args.overwrite)
+    # Data before anything is written: a missing or malformed annotation file, a missing image or
+    # one outside its image folder stops the run now (one line naming the file).
+    prepare_nucleus_datasets(cfg, list(cfg.DATASETS.TEST) + ([] if args.eval_only else list(cfg.DATASETS.TRAIN)))
+    if cfg.MODEL.WEIGHTS and not args.resume:  # a folder or a missing file, before anything is written
+        check_weights_path(cfg.MODEL.WEIGHTS)
+    if comm.is_main_process():
+        remove_earlier_run(earlier)  # --overwrite: only now that every check passed
     default_setup(cfg, args)
+    tune_process(cfg)  # glibc malloc thresholds: process-wide, so set by the entry point
     # d2_nucleus's own INFO messages (e.g. "Restored optimizer state") in the console and log.txt
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="d2_nucleus")
     return cfg
@@ -97,7 +68,11 @@ def main(args):
         trainer.resume_or_load(resume=args.resume)
     except USER_ERRORS as e:
         _fail(e)
-    return trainer.train()
+    try:
+        return trainer.train()
+    except TrainingDiverged as e:  # a NaN / infinite loss: one line naming the iteration
+        print(error_line(PROG, e), file=sys.stderr)
+        sys.exit(1)
 
 
 def get_parser():
@@ -120,11 +95,11 @@ def get_parser():
 if __name__ == "__main__":
     args = get_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
+    sys.exit(run_main(lambda: launch(
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
-    )
+    ), PROG, "the checkpoints saved so far are kept; --resume continues from the last one"))

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from d2_nucleus.utils.cli import quiet_known_warnings
+from d2_nucleus.utils.cli import check_flag_number, quiet_known_warnings, run_main
 
 
 def add_common_arguments(p):
@@ -64,6 +64,11 @@ def setup_cfg(args, features=None):
     return cfg
 
 
+def input_paths(args, cfg):
+    """What the run reads (no output may be one of them)."""
+    return [args.config_file, cfg.MODEL.WEIGHTS, args.points, args.images]
+
+
 def read_annotations(args):
     from d2_nucleus.types.points import read_points
 
@@ -77,10 +82,12 @@ def main(argv=None):
     quiet_known_warnings()
     from d2_nucleus.types.detect import NucleusDetector
     from d2_nucleus.types.workflow import select_images, train_types
-    from d2_nucleus.utils.file_io import check_writable
+    from d2_nucleus.utils.file_io import check_not_input, check_writable
 
     try:
+        check_flag_number(args.mpp, "--mpp")
         cfg = setup_cfg(args, args.features)
+        check_not_input([args.output, args.split], input_paths(args, cfg))
         check_writable(args.output, overwrite=args.overwrite)
         annotations = read_annotations(args)
         annotations = select_images(annotations, args.split, "train", args.test_fraction, args.seed, create=True)
@@ -103,4 +110,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, "train_types"))

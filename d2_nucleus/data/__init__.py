@@ -1,12 +1,13 @@
 # -*- coding: utf-8 -*-
 """
-Data: raw nucleus masks -> COCO, the prepared layout, its Detectron2 registration, the image
-reader and the training mapper.
+Data: raw nucleus masks -> COCO, annotations of other formats -> the same prepared layout
+(:mod:`.importing`), its Detectron2 registration, the image reader and the training mapper.
 
 Data preparation (:mod:`.prepare`, :mod:`.mask2coco`, ...) needs neither torch nor Detectron2;
 the parts that do are imported on first use (PEP 562).
 """
 from ..utils.lazy import lazy_attributes
+from .importing import import_annotations
 from .mask2coco import masks_to_coco
 from .prepare import prepare_dataset
 from .raw import RawDataError

@@ -21,14 +21,16 @@ from .transforms import RandomRot90, RandomStainJitter, RelativeResize
 __all__ = ["NucleusDatasetMapper", "build_nucleus_augmentation", "dense_label_map"]
 
 
-def build_nucleus_augmentation(cfg, is_train):
+def build_nucleus_augmentation(cfg, is_train, resize_factor: float = 1.0):
     """
     Training: random crop -> scale jitter -> horizontal/vertical flips -> 90-degree rotations ->
-    stain, brightness and contrast jitter. Test: ``INPUT.TEST_SCALE`` x the native size when it is
-    not 1, else Detectron2's resize (MIN_SIZE_TEST 0 = native).
+    stain, brightness and contrast jitter. Test: ``INPUT.TEST_SCALE`` x ``resize_factor`` (an input
+    at another resolution than the model's: :func:`d2_nucleus.config.input_resize_factor`) x the
+    native size when that is not 1, else Detectron2's resize (MIN_SIZE_TEST 0 = native).
     """
-    if not is_train and float(cfg.INPUT.TEST_SCALE) != 1.0:
-        return [RelativeResize(float(cfg.INPUT.TEST_SCALE), int(cfg.INPUT.MAX_SIZE_TEST))]
+    scale = float(cfg.INPUT.TEST_SCALE) * float(resize_factor)
+    if not is_train and scale != 1.0:
+        return [RelativeResize(scale, int(cfg.INPUT.MAX_SIZE_TEST))]
     augs = utils.build_augmentation(cfg, is_train)  # resize (+ horizontal flip when training)
     if not is_train:
         return augs

@@ -8,6 +8,19 @@ registration, mask conversion and prediction read it)::
     <root>/test_img_ids.json                                      copied from the raw dataset
     <root>/classes.txt                                            "nucleus"
     <root>/split.json                                             the train/val split and its seed
+    <root>/source.json                                            imports only (below)
+
+A layout made by tools/import_annotations.py (:mod:`.importing`) has no test images (an empty
+``instance_test.json``, no ``test_img_ids.json``) and two additions:
+
+* every annotation carries ``"class_name"``: the nucleus's class in its source (QuPath
+  classification, COCO category, Aperio region text or layer name; null when it had none). The
+  detector trains on the one class "nucleus" (category 1); a nucleus-type classifier can use these.
+* ``source.json``: how the layout was made: ``{"format", "target_mpp", "mpp_tolerance",
+  "classes": {class name ("" = none): nuclei}, "images": {image id: {"image", "annotations" (source files),
+  "source_mpp", "mpp_from", "factor" (source px -> layout px, 1 = not resampled), "scale" ([sx, sy]
+  exactly), "region" ([x, y, w, h] of the source read, level-0 px), "size" ([h, w] in the layout),
+  "nuclei"}}}``.
 """
 import os
 
@@ -19,6 +32,8 @@ __all__ = [
     "TEST_IDS_FILE",
     "CLASSES_FILE",
     "SPLIT_FILE",
+    "SOURCE_FILE",
+    "CLASS_NAME_KEY",
     "ANNOTATIONS_DIR",
     "IMAGES_DIR",
     "annotation_file",
@@ -39,6 +54,9 @@ CATEGORIES = [{"id": i, "name": name, "supercategory": name} for i, name in enum
 TEST_IDS_FILE = "test_img_ids.json"
 CLASSES_FILE = "classes.txt"
 SPLIT_FILE = "split.json"
+SOURCE_FILE = "source.json"
+#: per-annotation field of imported layouts: the nucleus's class name in its source
+CLASS_NAME_KEY = "class_name"
 ANNOTATIONS_DIR = "annotations"
 IMAGES_DIR = "nucleus_data"
 

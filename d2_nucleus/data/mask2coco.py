@@ -169,8 +169,8 @@ def coco_dict(images: List[Dict], annotations: List[Dict], description: str = ""
 
 def _mp_context():
     """
-    "fork" on Linux: workers start at once, without re-importing torch and Detectron2 (~3 s
-    a process). They only decode PNGs and encode masks (zlib, NumPy, pycocotools, single-threaded
+    "fork" on Linux: workers start at once, without re-importing torch and Detectron2 (seconds a
+    process). They only decode PNGs and encode masks (zlib, NumPy, pycocotools, single-threaded
     OpenCV calls), so the threads the parent may hold cannot deadlock them; notably they must not
     reconfigure OpenCV's thread pool (cv2.setNumThreads), which hangs after a fork.
     """
@@ -181,8 +181,11 @@ def _die_with_parent(parent_pid: int) -> None:
     """
     Pool initializer: the worker gets SIGKILL when its parent dies (Linux prctl
     PR_SET_PDEATHSIG), so killing prepare_data (even with SIGKILL, which runs no cleanup) leaves
-    no orphan workers holding their memory. If the parent is already gone, exit at once.
+    no orphan workers holding their memory. If the parent is already gone, exit at once. Ctrl-C
+    (SIGINT, sent to the whole process group) is ignored here: the parent stops the pool and
+    reports it in one line, with no traceback from each worker.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -2,8 +2,8 @@
 """
 Reading one-nucleus mask PNGs into a :class:`BinaryMask` (the mask cropped to its tight bounding box).
 
-A nucleus covers ~0.01-0.1% of its 1000x1000 mask, and libpng spends ~3 ms a file undoing the
-PNG row filters of a megapixel that is almost all zeros. Masks stored as 8-bit grayscale,
+A nucleus covers ~0.01-0.1% of its 1000x1000 mask, and libpng spends most of its time undoing the
+PNG row filters of a megapixel that is almost all zeros (BENCHMARKS.md "Data pipeline"). Masks stored as 8-bit grayscale,
 non-interlaced, with the row filters "None" or "Sub" (what the real dataset uses, and what many
 writers choose for such images) take a fast path instead: the zlib stream is inflated piece by
 piece, the rows that hold foreground are found on the still-filtered bytes (for these filters a
@@ -29,7 +29,7 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _MAX_FAST_PIXELS = 1 << 28
 _CHUNK_BYTES = 1 << 18
 
-try:  # zlib-ng (optional) inflates the long zero runs of these masks ~2.5x faster than zlib
+try:  # zlib-ng (optional) inflates the long zero runs of these masks faster than zlib (BENCHMARKS.md)
     from zlib_ng import zlib_ng as _zlib
 except ImportError:  # pragma: no cover - depends on the environment
     _zlib = zlib

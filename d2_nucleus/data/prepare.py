@@ -15,12 +15,13 @@ a temporary folder that replaces ``<out>`` only at the end.
 import logging
 import os
 import shutil
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 from ..utils.file_io import (
     OutputExistsError,
     atomic_output_dir,
     atomic_write_json,
+    check_not_input,
     check_target,
     check_writable,
     check_writable_dir,
@@ -31,6 +32,7 @@ from .layout import (  # the layout is spelled in .layout
     CLASSES,
     CLASSES_FILE,
     IMAGES_DIR,
+    SOURCE_FILE,
     SPLIT_FILE,
     SPLITS,
     TEST_IDS_FILE,
@@ -50,6 +52,7 @@ __all__ = [
     "write_split",
     "convert_split",
     "write_test_list",
+    "check_prepared_out",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,14 +67,15 @@ def subset_coco(coco: Dict, image_ids: Iterable[int], description: str = "") -> 
     return coco_dict(images, anns, description)
 
 
-def _check_raw_out(raw_root: str, out: str) -> None:
-    raw_abs, out_abs = os.path.realpath(raw_root), os.path.realpath(out)
-    if os.path.commonpath([raw_abs, out_abs]) in (raw_abs, out_abs):
-        raise ValueError(f"{out}: output must be outside the raw dataset {raw_root} and not contain it")
+def _check_raw_out(raw_root: str, out: str, inputs: Sequence[Optional[str]] = ()) -> None:
+    """Whatever ``--overwrite``, before anything else: ``out`` (the layout, or a sub-step's file) is
+    neither inside the raw dataset nor holding it (symlinks resolved), nor one of ``inputs``."""
+    check_not_input([out], [raw_root] + list(inputs), outside=True)
 
 
-# What prepare_dataset writes into <out>; --overwrite replaces only a folder holding nothing else.
-_LAYOUT_FILES = (TEST_IDS_FILE, CLASSES_FILE, SPLIT_FILE)
+# What prepare_dataset (and an import: source.json) writes into <out>; --overwrite replaces only a
+# folder holding nothing else.
+_LAYOUT_FILES = (TEST_IDS_FILE, CLASSES_FILE, SPLIT_FILE, SOURCE_FILE)
 
 
 def _foreign_entries(out: str) -> List[str]:
@@ -101,8 +105,11 @@ def _foreign_entries(out: str) -> List[str]:
     return foreign
 
 
-def _check_out(out: str, overwrite: bool) -> None:
-    """Before any work: ``out`` can be created and, if it exists, may be replaced."""
+def check_prepared_out(out: str, overwrite: bool) -> None:
+    """
+    Before any work: ``out`` can be created and, if it exists, may be replaced (with ``overwrite``,
+    only when it holds a prepared layout and nothing else).
+    """
     check_target(out, overwrite)
     # atomic_output_dir builds the layout beside out, in its parent folder
     check_writable_dir(os.path.dirname(os.path.abspath(out)))
@@ -148,7 +155,7 @@ def prepare_dataset(
         ValueError: bad arguments.
     """
     _check_raw_out(raw_root, out)
-    _check_out(out, overwrite)
+    check_prepared_out(out, overwrite)
     train_set = scan_train(raw_root)
     report = DataReport(ignored_entries=train_set.ignored_entries)
     for msg in train_set.warnings:
@@ -199,6 +206,7 @@ def prepare_dataset(
 
 def write_split(raw_root: str, out_file: str, ratio: float = 0.2, seed: int = 0, overwrite: bool = False) -> Dict:
     """Sub-step: write split.json ({"seed", "ratio", "method", "train", "val"}) for a raw dataset."""
+    _check_raw_out(raw_root, out_file)
     check_writable(out_file, overwrite)
     train_set = scan_train(raw_root)
     split = split_dict([r.image_id for r in train_set.images], ratio, seed)
@@ -225,6 +233,7 @@ def convert_split(
     """
     if subset not in ("all_train", "train", "val"):
         raise ValueError(f"subset must be all_train, train or val, got {subset!r}")
+    _check_raw_out(raw_root, out_file, [split_file])
     check_writable(out_file, overwrite)
     train_set = scan_train(raw_root)
     report = DataReport(ignored_entries=train_set.ignored_entries)
@@ -251,6 +260,7 @@ def convert_split(
 
 def write_test_list(raw_root: str, out_file: str, overwrite: bool = False) -> DataReport:
     """Sub-step: test_img_ids.json + test/ -> COCO image list (instance_test.json)."""
+    _check_raw_out(raw_root, out_file)
     check_writable(out_file, overwrite)
     coco, report = testset_to_coco(raw_root)
     atomic_write_json(out_file, coco, overwrite)

@@ -8,8 +8,7 @@ from ..utils.lazy import lazy_attributes
 _LAZY = {
     ".trainer": ("NucleusTrainer",),
     ".predictor": ("NucleusPredictor",),
-    ".inputs": ("IMAGE_EXTENSIONS", "ImageItem", "list_inputs"),
+    ".inputs": ("IMAGE_EXTENSIONS", "ImageItem", "list_inputs", "unlisted_images"),
     ".prediction": ("PredictionSummary", "check_outputs", "run_prediction"),
-    "..data.image_io": ("BadImageError", "read_image"),
 }
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

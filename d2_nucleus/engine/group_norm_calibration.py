@@ -9,19 +9,18 @@ config says).
 """
 import itertools
 import os
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
 from detectron2.modeling import build_model
 
-from ..compat import NucleusCheckpointer
-from ..data import register_nucleus_datasets, resolve_data_root
-from ..data.datasets import check_nucleus_datasets
+from ..checkpoint import NucleusCheckpointer
+from ..data.datasets import prepare_nucleus_datasets
 from ..modeling.frozen_group_norm import calibrate_frozen_group_norms, convert_frozen_group_norms
 from ..utils.autocast import cpu_autocast
-from ..utils.file_io import atomic_write, check_target, output_transaction
+from ..utils.file_io import atomic_write, check_not_input, check_target, output_transaction
 
 __all__ = ["freeze_group_norms", "frozen_output_paths", "write_frozen_model"]
 
@@ -39,10 +38,9 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     if cfg.MODEL.FROZEN_GROUP_NORM:
         raise ValueError("the config already has MODEL.FROZEN_GROUP_NORM True: give the GroupNorm model's config")
     dataset = dataset or cfg.DATASETS.TRAIN[0]
-    register_nucleus_datasets(resolve_data_root(cfg=cfg))
-    check_nucleus_datasets([dataset])
+    prepare_nucleus_datasets(cfg, [dataset])
     model = build_model(cfg)
-    NucleusCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    NucleusCheckpointer(model, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).load(cfg.MODEL.WEIGHTS)
     model.eval()
     if convert_frozen_group_norms(model.backbone) == 0:
         raise ValueError(f"the backbone of this config has no GroupNorm (MODEL.RESNETS.NORM {cfg.MODEL.RESNETS.NORM!r})")
@@ -62,17 +60,20 @@ def freeze_group_norms(cfg, dataset: str = "", num_images: int = 0, progress: bo
     return model, n
 
 
-def frozen_output_paths(output: str, overwrite: bool = False) -> Tuple[str, str]:
+def frozen_output_paths(output: str, overwrite: bool = False, inputs: Sequence[str] = ()) -> Tuple[str, str]:
     """
     The checkpoint ``output`` (must end in ``.pth``) and its config (``.yaml`` beside it).
 
     Raises:
-        ValueError: another name. OutputExistsError: one exists and ``overwrite`` is False.
+        ValueError: another name. OutputIsInputError: one of them is one of ``inputs`` (the
+        trained model's config and weights), whatever ``overwrite``. OutputExistsError: one
+        exists and ``overwrite`` is False.
     """
     root, ext = os.path.splitext(output)
     if ext != ".pth":
         raise ValueError(f"{output}: the checkpoint name must end in .pth")
     config_path = root + ".yaml"
+    check_not_input([output, config_path], inputs)
     check_target(output, overwrite)
     check_target(config_path, overwrite)
     return output, config_path
@@ -84,7 +85,7 @@ def write_frozen_model(model, cfg, output: str, overwrite: bool = False) -> Tupl
     (``cfg`` with ``MODEL.FROZEN_GROUP_NORM True`` and ``MODEL.WEIGHTS`` = the checkpoint), both or
     neither. Returns their paths.
     """
-    output, config_path = frozen_output_paths(output, overwrite)
+    output, config_path = frozen_output_paths(output, overwrite, [str(cfg.MODEL.WEIGHTS)])
     frozen = cfg.clone()
     frozen.defrost()
     frozen.MODEL.FROZEN_GROUP_NORM = True

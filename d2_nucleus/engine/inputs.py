@@ -1,13 +1,16 @@
 # -*- coding: utf-8 -*-
 """The images a prediction run reads: a folder, one image, or a test_img_ids.json."""
+import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from ..data.layout import image_dir
 from ..data.raw import is_ignored_entry, parse_test_img_ids
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "list_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageItem", "list_inputs", "name_list", "unlisted_images"]
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
@@ -26,7 +29,30 @@ class ImageItem:
         return os.path.splitext(os.path.basename(self.path))[0]
 
 
-def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: bool = False) -> List[ImageItem]:
+def _folder_images(folder: str) -> List[str]:
+    """The image file names of ``folder``, sorted (hidden files and Jupyter "-checkpoint" copies left out)."""
+    return sorted(
+        n
+        for n in os.listdir(folder)
+        if n.lower().endswith(IMAGE_EXTENSIONS)
+        and not is_ignored_entry(n)
+        and os.path.isfile(os.path.join(folder, n))
+    )
+
+
+def unlisted_images(folder: str, items: Sequence[ImageItem]) -> List[str]:
+    """The images of ``folder`` that ``items`` leave out (file names, sorted)."""
+    listed = {os.path.basename(it.path) for it in items}
+    return [n for n in _folder_images(folder) if n not in listed]
+
+
+def name_list(names: Sequence[str], most: int = 10) -> str:
+    """``names`` joined by commas, the first ``most`` of them and how many more."""
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: bool = False,
+                subset: bool = False) -> List[ImageItem]:
     """
     The images to predict.
 
@@ -40,6 +66,9 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
             copies are ignored).
         allow_missing: return images the id file names but which do not exist (their reading
             fails later) instead of raising.
+        subset: with ``ids_path`` and a folder, predict only the images the id file lists even
+            if the folder holds others (a warning names them); without it that is an error, so
+            that a short challenge submission never looks complete.
 
     An id file is read by :func:`d2_nucleus.data.raw.parse_test_img_ids`, the strict parser data
     preparation uses: every ``file_name`` is a plain file name, so no entry can name a file
@@ -47,10 +76,12 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
 
     Raises:
         FileNotFoundError: the input does not exist, or the id file names an absent image.
-        ValueError: no images, or a malformed id file (:class:`RawDataError`, naming the file).
+        ValueError: no images, a malformed id file (:class:`RawDataError`, naming the file), or
+            ``--ids`` leaving out images of the folder (without ``subset``).
     """
     if not os.path.exists(input_path):
         raise FileNotFoundError(f"input {input_path!r} does not exist")
+    listed_folder = None
     if ids_path is None and os.path.isfile(input_path) and input_path.lower().endswith(".json"):
         ids_path = input_path
         root = os.path.dirname(os.path.abspath(input_path))
@@ -60,6 +91,7 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
         if not os.path.isdir(input_path):
             raise ValueError(f"with --ids, the input must be the folder of the images, got {input_path!r}")
         folders = [input_path]
+        listed_folder = input_path  # --ids: the folder's other images would be left out
     else:
         folders = None
 
@@ -76,17 +108,20 @@ def list_inputs(input_path: str, ids_path: Optional[str] = None, allow_missing: 
                     )
                 path = candidates[0]
             items.append(ImageItem(path, entry["id"], entry["height"], entry["width"]))
+        left_out = unlisted_images(listed_folder, items) if listed_folder else []
+        if left_out and not subset:
+            raise ValueError(
+                f"{ids_path} lists {len(items)} image(s) but {input_path} holds {len(left_out)} more, which "
+                f"would be left out: {name_list(left_out)} (pass --subset to predict only the listed ones)"
+            )
+        if left_out:
+            logger.warning("--subset: %d image(s) of %s that %s does not list are left out: %s",
+                           len(left_out), input_path, ids_path, name_list(left_out))
         return items
 
     if os.path.isfile(input_path):
         return [ImageItem(input_path, 1)]
-    names = sorted(
-        n
-        for n in os.listdir(input_path)
-        if n.lower().endswith(IMAGE_EXTENSIONS)
-        and not is_ignored_entry(n)  # hidden files, Jupyter "-checkpoint" copies
-        and os.path.isfile(os.path.join(input_path, n))
-    )
+    names = _folder_images(input_path)
     if not names:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {input_path!r}")
     return [ImageItem(os.path.join(input_path, n), i + 1) for i, n in enumerate(names)]

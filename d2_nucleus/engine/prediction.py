@@ -13,9 +13,9 @@ from typing import Dict, List, Optional, Sequence
 from ..data.image_io import BadImageError, read_image
 from ..evaluation.coco_results import instances_to_coco_json
 from ..export.answer import write_answer
-from ..export.image_outputs import image_output_paths, write_image_outputs
-from ..utils.file_io import check_writable
-from .inputs import ImageItem
+from ..export.image_outputs import image_output_files, image_output_paths, write_image_outputs
+from ..utils.file_io import check_not_input, check_writable
+from .inputs import ImageItem, name_list
 
 __all__ = ["PredictionSummary", "check_outputs", "run_prediction"]
 
@@ -31,6 +31,7 @@ class PredictionSummary:
     seconds: float = 0.0
     written: List[str] = field(default_factory=list)
     files_per_folder: Dict[str, int] = field(default_factory=dict)
+    left_out: List[str] = field(default_factory=list)  # images of the input folder not predicted (--subset)
 
     def __str__(self) -> str:
         per_image = self.num_detections / max(self.num_images, 1)
@@ -42,6 +43,9 @@ class PredictionSummary:
         if self.capped_images:
             lines.append(f"{len(self.capped_images)} image(s) reached TEST.DETECTIONS_PER_IMAGE "
                          "(--max-dets); raise it to keep more detections.")
+        if self.left_out:
+            lines.append(f"Left out {len(self.left_out)} image(s) of the input folder that --ids does not list "
+                         f"(--subset): {name_list(self.left_out)}")
         if self.bad_images:
             lines.append(f"Skipped {len(self.bad_images)} unreadable image(s):")
             lines += [f"  {m}" for m in self.bad_images]
@@ -59,37 +63,30 @@ def check_outputs(
     labels_dir: Optional[str] = None,
     label_format: str = "png",
     overwrite: bool = False,
+    measurements=None,
+    inputs: Sequence[str] = (),
 ) -> Dict[int, Dict[str, Optional[str]]]:
     """
-    Check, before any prediction, that every output can be written: folders creatable and
+    Check, before any prediction, that every output can be written: no output is an input (the
+    images of ``items``, ``inputs``: the other files the run reads) nor another output, whatever
+    ``overwrite`` (:func:`~d2_nucleus.utils.file_io.check_not_input`); folders creatable and
     writable, no existing file unless ``overwrite``, no two images with the same output name.
+    ``measurements``: the :class:`~d2_nucleus.measurements.outputs.MeasurementWriter`, if any.
 
     Returns:
         per image id: {"vis", "geojson", "labels"} paths (labels without extension) or None.
     """
-    for path in (output, zip_output):
-        if path:
-            check_writable(path, overwrite=overwrite)
     stems = {it.image_id: it.stem for it in items}
     if len(stems) != len(items):
         raise ValueError("input images share image ids")
-    return image_output_paths(stems, vis_dir, geojson_dir, labels_dir, label_format, overwrite)
-
-
-def _model_features(instances, types):
-    """The detections' features of the model (``{"box": ..., "context": ...}``, numpy) a type classifier reads."""
-    if types is None or not types.classifier.needs_model_features:
-        return None
-    from ..types.features import MODEL_FEATURES
-
-    out = {}
-    for kind in types.classifier.features:
-        if kind in MODEL_FEATURES:
-            if not instances.has(MODEL_FEATURES[kind]):
-                raise RuntimeError(f"the type classifier needs the model's {kind} features: TYPES.BOX_FEATURES True "
-                                   "(and TYPES.CONTEXT_SCALE), without --tta")
-            out[kind] = instances.get(MODEL_FEATURES[kind]).numpy()
-    return out
+    side = image_output_paths(stems, vis_dir, geojson_dir, labels_dir, label_format, check=False)
+    files = [output, zip_output] + image_output_files(side)
+    if measurements is not None:
+        files += [p for it in items for p in measurements.paths(it.stem).values()]
+    check_not_input(files, [it.path for it in items] + list(inputs))
+    for path in filter(None, files):
+        check_writable(path, overwrite=overwrite)
+    return side
 
 
 def run_prediction(
@@ -107,6 +104,8 @@ def run_prediction(
     category_ids: Optional[Sequence[int]] = None,
     progress: bool = True,
     measurements=None,
+    mpp: Optional[float] = None,
+    left_out: Sequence[str] = (),
     types=None,
 ) -> PredictionSummary:
     """
@@ -127,6 +126,10 @@ def run_prediction(
         measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: per-image
             measurement table, summary and figure of the exported detections (also put into
             the GeoJSON's measurements).
+        mpp: the images' resolution in um/px (None: the model's); images at another resolution
+            are resized to the model's for detection, outputs stay in their pixels.
+        left_out: images of the input folder not in ``items`` (``--ids`` with ``--subset``),
+            named in the summary.
         types: a :class:`d2_nucleus.types.outputs.TypePredictor`: a nucleus type for every
             exported detection, in the table, summary, figure, GeoJSON and overlay (see
             :func:`write_image_outputs`); answer.json keeps the model's single class.
@@ -138,14 +141,13 @@ def run_prediction(
     """
     from tqdm import tqdm
 
-    side = check_outputs(items, output, zip_output, vis_dir, geojson_dir, labels_dir, label_format, overwrite)
-    if measurements is not None:
-        measurements.check([it.stem for it in items], overwrite)
+    side = check_outputs(items, output, zip_output, vis_dir, geojson_dir, labels_dir, label_format, overwrite,
+                         measurements)
     if category_ids is None:
         category_ids = list(range(1, predictor.cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1))
     cap = int(predictor.cfg.TEST.DETECTIONS_PER_IMAGE)
 
-    summary = PredictionSummary()
+    summary = PredictionSummary(left_out=list(left_out))
     start = time.perf_counter()
     results: List[Dict] = []
     batch_size = 1 if predictor.tta is not None else predictor.batch_size
@@ -172,7 +174,7 @@ def run_prediction(
             images.append(image)
         if not batch:
             continue
-        for item, image, instances in zip(batch, images, predictor(images)):
+        for item, image, instances in zip(batch, images, predictor(images, mpp=mpp)):
             if len(instances) >= cap:
                 logger.warning(
                     "%s: %d detections, the TEST.DETECTIONS_PER_IMAGE cap (--max-dets); more nuclei "
@@ -188,7 +190,7 @@ def run_prediction(
                 export_score_thresh, label_format, overwrite,
                 measurements=measurements, stem=item.stem, image_name=os.path.basename(item.path),
                 min_visible=float(predictor.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
-                types=types, model_features=_model_features(instances, types),
+                types=types, model_features=types.model_features(instances) if types is not None else None,
             )
             for path in written:
                 folder = os.path.dirname(path)

@@ -10,10 +10,9 @@ RLEs (``pred_rles``): NucleusRCNN makes them from each box-local mask; the full-
 
 The rest of a prediction run lives next door: the inputs (:mod:`.inputs`), the run and its
 outputs (:mod:`.prediction`); images are read by :func:`d2_nucleus.data.image_io.read_image`.
-Those names are importable from here too.
 """
-import os
-from typing import List, Sequence
+import warnings
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -22,25 +21,14 @@ import detectron2.data.transforms as T
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
 
-from ..compat import NucleusCheckpointer, WeightsNotFoundError
+from ..checkpoint import NucleusCheckpointer, check_weights_path
+from ..config import check_device, input_resize_factor
 from ..data.dataset_mapper import build_nucleus_augmentation
-from ..data.image_io import BadImageError, read_image  # noqa: F401  (re-exported)
 from ..evaluation.coco_results import instance_rles
 from ..modeling import NucleusRCNNWithTTA, RLEList
 from ..utils.autocast import cpu_autocast
-from .inputs import IMAGE_EXTENSIONS, ImageItem, list_inputs  # noqa: F401  (re-exported)
 
-__all__ = [
-    "BadImageError",
-    "ImageItem",
-    "IMAGE_EXTENSIONS",
-    "NucleusPredictor",
-    "PredictionSummary",
-    "check_outputs",
-    "list_inputs",
-    "read_image",
-    "run_prediction",
-]
+__all__ = ["NucleusPredictor"]
 
 
 class NucleusPredictor:
@@ -60,41 +48,48 @@ class NucleusPredictor:
             batch_size: images per forward pass (with TTA: augmented copies per pass).
 
         Raises:
-            WeightsNotFoundError: ``MODEL.WEIGHTS`` is empty or not a file.
+            WeightsNotFoundError: ``MODEL.WEIGHTS`` is empty, a folder or not a file, or a URL that
+                cannot be downloaded.
+            RuntimeError: ``MODEL.DEVICE`` is not usable here (e.g. ``cuda`` without CUDA).
         """
         self.cfg = cfg = cfg.clone()
+        check_device(cfg.MODEL.DEVICE)
         weights = cfg.MODEL.WEIGHTS
-        if not weights:
-            raise WeightsNotFoundError(
-                "no model weights: pass --weights (or MODEL.WEIGHTS) with a checkpoint, "
-                "e.g. output/<run>/model_final.pth from tools/train_net.py"
-            )
-        if "://" not in weights and not os.path.isfile(weights):
-            raise WeightsNotFoundError(
-                f"model weights {weights!r} not found; train a model with tools/train_net.py "
-                "and pass its model_final.pth / model_best.pth with --weights (or MODEL.WEIGHTS)"
-            )
+        check_weights_path(weights)  # empty, a folder, not found: one line each
         self.model = build_model(cfg)
         self.model.eval()
-        NucleusCheckpointer(self.model).load(weights)
-        self.augmentations = T.AugmentationList(build_nucleus_augmentation(cfg, is_train=False))
+        NucleusCheckpointer(self.model, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).load(weights)
+        self._augmentations = {}  # resize factor -> the test-time augmentation
         self.input_format = cfg.INPUT.FORMAT
         self.batch_size = max(1, int(batch_size))
         self.tta = NucleusRCNNWithTTA(cfg, self.model, batch_size=self.batch_size) if tta else None
 
-    def __call__(self, images: Sequence[np.ndarray]) -> List[Instances]:
+    def augmentations(self, mpp: Optional[float] = None) -> T.AugmentationList:
+        """The test-time resize of images at ``mpp`` um/px (None: the model's resolution)."""
+        factor = input_resize_factor(self.cfg, mpp)
+        if factor not in self._augmentations:
+            self._augmentations[factor] = T.AugmentationList(
+                build_nucleus_augmentation(self.cfg, is_train=False, resize_factor=factor))
+        return self._augmentations[factor]
+
+    def __call__(self, images: Sequence[np.ndarray], mpp: Optional[float] = None) -> List[Instances]:
         """
         Args:
             images: H x W x 3 uint8 arrays in ``cfg.INPUT.FORMAT`` (see :func:`read_image`).
+            mpp: their resolution in um/px: images at another resolution than the model's
+                (``MODEL.PIXEL_SIZE_UM``, beyond ``SLIDE.MPP_TOLERANCE``) are resized to it for
+                the model (:func:`d2_nucleus.config.input_resize_factor`); None: the model's.
 
         Returns:
-            one :class:`Instances` per image, at the image's size.
+            one :class:`Instances` per image, at the image's size (its own pixels).
         """
+        augmentations = self.augmentations(mpp)
         inputs = []
         for image in images:
             height, width = image.shape[:2]
             aug_input = T.AugInput(image)
-            self.augmentations(aug_input)
+            augmentations(aug_input)
+            _warn_if_downscaled(self.cfg, height, width, aug_input.image.shape[:2], input_resize_factor(self.cfg, mpp))
             tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
             inputs.append({"image": tensor, "height": height, "width": width})
         outputs = []
@@ -118,4 +113,18 @@ class NucleusPredictor:
         return results
 
 
-from .prediction import PredictionSummary, check_outputs, run_prediction  # noqa: E402,F401  (re-exported)
+def _warn_if_downscaled(cfg, height: int, width: int, model_size, resize_factor: float = 1.0) -> None:
+    """An image larger than INPUT.MAX_SIZE_TEST allows reaches the model smaller than the config's
+    scale asks (Detectron2's cap): its nuclei shrink. Say so, and where large images belong."""
+    cap = int(cfg.INPUT.MAX_SIZE_TEST)
+    if float(cfg.INPUT.TEST_SCALE) * resize_factor != 1.0:
+        scale = float(cfg.INPUT.TEST_SCALE) * resize_factor
+    else:  # Detectron2's short-edge resize (MIN_SIZE_TEST 0: native)
+        min_size = cfg.INPUT.MIN_SIZE_TEST
+        scale = min_size / min(height, width) if min_size else 1.0
+    if cap and abs(max(model_size) - cap) <= 1 and max(model_size) < 0.99 * scale * max(height, width):
+        warnings.warn(
+            f"a {width}x{height} image is downscaled to {model_size[1]}x{model_size[0]} for the model "
+            f"(INPUT.MAX_SIZE_TEST {cfg.INPUT.MAX_SIZE_TEST}): its nuclei are smaller than in training; "
+            "tools/segment_slides.py segments large images tile by tile at their resolution"
+        )

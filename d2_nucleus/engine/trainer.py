@@ -9,17 +9,35 @@ from detectron2.engine import DefaultTrainer, hooks
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-from ..compat import NucleusCheckpointer, TrainerStateMixin
-from ..data import NucleusDatasetMapper, register_nucleus_datasets, resolve_data_root
-from ..data.datasets import check_nucleus_datasets
+from ..checkpoint import NucleusCheckpointer
+from .trainer_state import TrainerStateMixin
+from ..data import NucleusDatasetMapper
+from ..data.datasets import prepare_nucleus_datasets
 from ..evaluation import NucleusEvaluator
 from ..modeling import NucleusRCNNWithTTA
 from ..utils.autocast import cpu_autocast
 from .trainable import freeze_all_but
 
-__all__ = ["NucleusTrainer"]
+__all__ = ["NucleusTrainer", "TrainingDiverged"]
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite (Detectron2's FloatingPointError), with a one-line message
+    naming the iteration and the losses."""
+
+
+class _NoTracebackForDivergence(logging.Filter):
+    """Detectron2's training loop logs every exception with its traceback ("Exception during
+    training:"); a diverged loss is reported in one line instead (tools/train_net.py)."""
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, TrainingDiverged)
+
+
+logging.getLogger("detectron2.engine.train_loop").addFilter(_NoTracebackForDivergence())
 
 
 class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
@@ -31,17 +49,16 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     * trains with :class:`NucleusDatasetMapper` (crops, flips, rotations, stain jitter);
     * evaluates with :class:`NucleusEvaluator` (dense COCO AP, the challenge AP50@100, AJI, PQ);
     * keeps ``model_best.pth`` by ``cfg.TEST.BEST_METRIC``;
-    * saves and restores the optimizer state on resume (see :mod:`d2_nucleus.compat`);
+    * saves and restores the optimizer state on resume (see :mod:`.trainer_state`);
     * trains only the parameters ``cfg.SOLVER.TRAIN_ONLY`` names, when it names any;
     * optionally runs each training step (forward, loss and backward) and the evaluation under
       bfloat16 autocast on CPU (``cfg.SOLVER.CPU_BF16``).
     """
 
     def __init__(self, cfg):
-        register_nucleus_datasets(resolve_data_root(cfg=cfg))
         # The evaluation datasets too: a missing val annotation file stops the run now, not
-        # after the whole training.
-        check_nucleus_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+        # after the whole training (registered once: tools/train_net.py prepared them already).
+        prepare_nucleus_datasets(cfg, list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
         super().__init__(cfg)
 
     def build_hooks(self):
@@ -49,7 +66,8 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         # strict=False: MODEL.WEIGHTS may be pretrained weights of another dataset (fine-tuning
         # rules in NucleusCheckpointer); resuming from last_checkpoint is always strict.
         self.checkpointer = NucleusCheckpointer(
-            self.checkpointer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self)
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, strict=False, trainer=weakref.proxy(self),
+            download_timeout=self.cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT,
         )
         ret = super().build_hooks()
         cfg = self.cfg
@@ -68,8 +86,20 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
         return model
 
     def run_step(self):
-        with cpu_autocast(self.cfg):
-            super().run_step()
+        try:
+            with cpu_autocast(self.cfg):
+                super().run_step()
+        except FloatingPointError as e:
+            # Detectron2: "Loss became infinite or NaN at iteration=N!\nloss_dict = {...}", or the RPN's
+            # "Predicted boxes or scores contain Inf/NaN. Training has diverged."
+            text = str(e)
+            detail = text.split("loss_dict = ", 1)[1] if "loss_dict = " in text else text
+            raise TrainingDiverged(
+                f"the loss became NaN or infinite at iteration {self.iter} ({' '.join(detail.split())}): "
+                "training stopped; the "
+                "checkpoints saved before it are kept. Lower SOLVER.BASE_LR (or raise SOLVER.WARMUP_ITERS), "
+                "or check the data"
+            ) from None
 
     @classmethod
     def build_train_loader(cls, cfg):
@@ -104,10 +134,11 @@ class NucleusTrainer(TrainerStateMixin, DefaultTrainer):
     @classmethod
     def eval_only(cls, cfg, resume=False):
         """Build the model, load ``cfg.MODEL.WEIGHTS`` (or the last checkpoint), evaluate."""
-        register_nucleus_datasets(resolve_data_root(cfg=cfg))
-        check_nucleus_datasets(cfg.DATASETS.TEST)
+        prepare_nucleus_datasets(cfg, cfg.DATASETS.TEST)
         model = cls.build_model(cfg)
-        NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
+        NucleusCheckpointer(model, save_dir=cfg.OUTPUT_DIR, download_timeout=cfg.MODEL.WEIGHTS_DOWNLOAD_TIMEOUT).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=resume
+        )
         res = cls.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
             res.update(cls.test_with_TTA(cfg, model))

@@ -12,10 +12,9 @@ import json
 import zipfile
 from typing import Dict, List, Optional
 
-from ..evaluation.coco_results import instances_to_coco_json
 from ..utils.file_io import atomic_write, check_writable
 
-__all__ = ["instances_to_coco_json", "write_answer", "ANSWER_NAME"]
+__all__ = ["write_answer", "ANSWER_NAME"]
 
 # The file name the challenge expects inside answer.zip.
 ANSWER_NAME = "answer.json"

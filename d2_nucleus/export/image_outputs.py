@@ -16,20 +16,19 @@ from ..utils.label_map import rles_to_label_map
 from .geojson import rles_to_geojson, write_geojson
 from .label_maps import label_map_path, write_label_map
 from .overlay import draw_overlay, write_overlay
-from ..types.outputs import type_classifications
 
-__all__ = ["LABEL_FORMATS", "export_selection", "image_output_paths", "write_image_outputs"]
+__all__ = ["LABEL_FORMATS", "export_selection", "image_output_files", "image_output_paths", "write_image_outputs"]
 
 LABEL_FORMATS = ("png", "tiff")
 
 
 def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geojson_dir: Optional[str] = None,
                        labels_dir: Optional[str] = None, label_format: str = "png",
-                       overwrite: bool = False) -> Dict[int, Dict[str, Optional[str]]]:
+                       overwrite: bool = False, check: bool = True) -> Dict[int, Dict[str, Optional[str]]]:
     """
-    The overlay, GeoJSON and label-map path of each image, checked at once: every folder
-    creatable and writable, no file there unless ``overwrite``, no output name shared by two
-    images.
+    The overlay, GeoJSON and label-map path of each image, checked at once (unless not
+    ``check``: the caller checks :func:`image_output_files`): every folder creatable and
+    writable, no file there unless ``overwrite``, no output name shared by two images.
 
     Args:
         stems: image id -> file name without extension.
@@ -51,12 +50,20 @@ def image_output_paths(stems: Dict[int, str], vis_dir: Optional[str] = None, geo
             "geojson": os.path.join(geojson_dir, stem + ".geojson") if geojson_dir else None,
             "labels": os.path.join(labels_dir, stem) if labels_dir else None,
         }
-        for key, path in paths[image_id].items():
-            if path is None:
-                continue
-            for candidate in (path + ".png", path + ".tif") if key == "labels" else (path,):
-                check_writable(candidate, overwrite=overwrite)
+    if check:
+        for path in image_output_files(paths):
+            check_writable(path, overwrite=overwrite)
     return paths
+
+
+def image_output_files(paths: Dict[int, Dict[str, Optional[str]]]) -> List[str]:
+    """Every file the outputs of :func:`image_output_paths` may be written to (a label map: .png or .tif)."""
+    files = []
+    for per_image in paths.values():
+        for key, path in per_image.items():
+            if path is not None:
+                files += [path + ".png", path + ".tif"] if key == "labels" else [path]
+    return files
 
 
 def export_selection(rles: Sequence[Dict], scores: Sequence[float], height: int, width: int,
@@ -113,13 +120,14 @@ def write_image_outputs(
         measurements: a :class:`d2_nucleus.measurements.outputs.MeasurementWriter`: writes the
             measurement table, summary and figure of the same detections as ``<stem>``, and
             puts their values into the GeoJSON's measurements; ``image_name`` goes into the table.
-        types: a :class:`d2_nucleus.types.outputs.TypePredictor`: each exported nucleus gets a
-            type from ``model_features`` (``{"box": ..., "context": ...}``: the detections' rows,
-            in the order of ``rles``) and its
-            measurements: the table's ``type`` and ``prob_<type>`` columns and the summary's
-            per-type counts, QuPath's classification (the type's name and colour) and
-            ``Probability <type>`` measurements in the GeoJSON, type-coloured outlines with a
-            legend in the overlay.
+        types: a nucleus type classifier (:class:`d2_nucleus.types.outputs.TypePredictor`: its
+            ``classify(image_rgb, rles, model_features)`` gives the exported nuclei's
+            :class:`~d2_nucleus.export.classes.NucleusClasses` and the measurement columns it
+            computed), applied to the exported detections with their rows of
+            ``model_features`` (``{"box": ..., "context": ...}``, rows in the order of ``rles``):
+            the table's ``type`` and ``prob_<type>`` columns and the summary's per-type counts,
+            QuPath's classification (the type's name and colour) and ``Probability <type>``
+            measurements in the GeoJSON, type-coloured outlines with a legend in the overlay.
 
     Returns:
         the files written.
@@ -132,36 +140,29 @@ def write_image_outputs(
     scores = [float(scores[i]) for i in keep]
     if label_map is None and (paths["vis"] or paths["labels"]):
         label_map = rles_to_label_map(rles, height, width, scores=scores)
-    typed = None
+    classes = measured_columns = None
     if types is not None:
         features = {k: np.asarray(v)[keep] for k, v in (model_features or {}).items()}
-        typed = types.classify(image_rgb, rles, features)
+        classes, measured_columns = types.classify(image_rgb, rles, features)
     written, qupath = [], None
     if measurements is not None:
-        reuse = typed is not None and typed.columns is not None and measurements.stain == types.stain \
-            and (measurements.mpp or None) == types.mpp
+        # the classifier's measurements are the table's when made with the same resolution and stain
+        reuse = measured_columns is not None and (measurements.stain, measurements.mpp or None) == (types.stain, types.mpp)
         measured = measurements.write(stem, image_rgb, rles, scores, image_name, overwrite,
-                                      columns=typed.columns if reuse else None,
-                                      types=(types, typed) if typed is not None else None)
+                                      columns=measured_columns if reuse else None, classes=classes)
         written += measured["written"]
         qupath = measured["qupath"]
-    classifications = None
-    if typed is not None:
-        classifications = type_classifications(types.class_names, types.colors, typed.index)
-        probs = [{f"Probability {n}": float(p) for n, p in zip(types.class_names, row)} for row in typed.probs]
+    if classes is not None:
+        probs = classes.qupath_measurements()
         qupath = [dict(q, **p) for q, p in zip(qupath, probs)] if qupath is not None else probs
     if paths["vis"]:
-        colors, legend = None, None
-        if typed is not None:
-            colors = np.zeros((len(rles) + 1, 3), np.uint8)
-            colors[1:] = np.asarray(types.colors, np.uint8)[typed.index]
-            counts = np.bincount(typed.index, minlength=len(types.class_names))
-            legend = [(f"{n}: {int(c)}", col) for n, c, col in zip(types.class_names, counts, types.colors)]
+        colors, legend = (classes.label_colors(), classes.legend()) if classes is not None else (None, None)
         overlay = draw_overlay(image_rgb, label_map, count=len(rles), label_colors=colors, legend=legend)
         write_overlay(overlay, paths["vis"], overwrite=overwrite)
         written.append(paths["vis"])
     if paths["geojson"]:
-        collection = rles_to_geojson(rles, scores, measurements=qupath, classifications=classifications)
+        collection = rles_to_geojson(rles, scores, measurements=qupath,
+                                     classifications=classes.classifications() if classes is not None else None)
         write_geojson(collection, paths["geojson"], overwrite=overwrite)
         written.append(paths["geojson"])
     if paths["labels"]:

@@ -6,9 +6,9 @@ edge midpoints ((r +- 0.5, c) and (r, c +- 0.5)) of the pixels that start or end
 column of the mask, and the pixels whose centres lie inside or on that hull.
 
 scikit-image builds each hull with Qhull and rasterises it with a point-in-polygon test of every
-pixel of the region's box, region by region (~0.3 ms a nucleus, most of regionprops' time). Here
-the hulls are built with OpenCV's ``convexHull`` on integer coordinates (doubled, so the
-midpoints are integers; a few microseconds a mask), and the pixels inside are counted for all
+pixel of the region's box, region by region (most of regionprops' time; BENCHMARKS.md
+"Per-nucleus measurements"). Here the hulls are built with OpenCV's ``convexHull`` on integer
+coordinates (doubled, so the midpoints are integers), and the pixels inside are counted for all
 masks at once with exact integer arithmetic: for every hull edge and every pixel row it crosses,
 the crossing's column as a fraction, rounded inwards; the row's count is the number of integer
 columns between the leftmost and the rightmost crossing (both included, as scikit-image counts

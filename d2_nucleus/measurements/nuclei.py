@@ -10,10 +10,10 @@ import numpy as np
 from .convex_hull import convex_area
 from .intensity import stack_intensity
 from .masks import BoxMasks, iter_stacks
-from .shape import stack_shape
+from .shape import stack_geometry, stack_shape
 from .stain import stain_conversion
 
-__all__ = ["measure_nuclei", "SHAPE_COLUMNS", "COLOUR_COLUMNS", "LENGTH_COLUMNS"]
+__all__ = ["measure_nuclei", "nucleus_geometry", "SHAPE_COLUMNS", "COLOUR_COLUMNS", "LENGTH_COLUMNS"]
 
 # Columns in pixels that get an _um twin (and area_px -> area_um2), see tables.TABLE_COLUMNS.
 LENGTH_COLUMNS = ("perimeter", "major_axis_length", "minor_axis_length", "equivalent_diameter")
@@ -38,6 +38,32 @@ _SHAPE_NAMES = {
     "orientation": "orientation",
     "equivalent_diameter_area": "equivalent_diameter_px",
 }
+
+
+def _place_geometry(px: Dict[str, np.ndarray], i: np.ndarray, g: Dict[str, np.ndarray], st, ox, oy) -> None:
+    """Stack geometry (:func:`.shape.stack_geometry`, local) -> image columns of nuclei ``i``."""
+    px["centroid_x"][i] = g["centroid_col"] + st.x0 + ox
+    px["centroid_y"][i] = g["centroid_row"] + st.y0 + oy
+    nonempty = g["area"] > 0
+    for col, name, off in (("x", "col", st.x0 + ox), ("y", "row", st.y0 + oy)):
+        for end in ("0", "1"):
+            px[f"bbox_{col}{end}"][i] = np.where(nonempty, g[f"bbox_{name}{end}"] + off, -1)
+
+
+def nucleus_geometry(boxes: BoxMasks, origin: Tuple[float, float] = (0, 0)) -> Dict[str, np.ndarray]:
+    """
+    ``area_px``, ``centroid_x``, ``centroid_y`` and ``bbox_x0/y0/x1/y1`` (half-open) of every
+    nucleus of ``boxes``, in pixels of their image plus ``origin`` (the columns of
+    :func:`measure_nuclei`, computed the same way, without the other measurements).
+    """
+    n = len(boxes)
+    px = {"area_px": np.zeros(n, np.int64), "centroid_x": np.full(n, np.nan), "centroid_y": np.full(n, np.nan),
+          **{f"bbox_{s}": np.full(n, -1, np.int64) for s in ("x0", "y0", "x1", "y1")}}
+    for st in iter_stacks(boxes):
+        g = stack_geometry(st.stack)
+        px["area_px"][st.index] = g["area"]
+        _place_geometry(px, st.index, g, st, *origin)
+    return px
 
 
 def measure_nuclei(
@@ -86,12 +112,8 @@ def measure_nuclei(
         shape = stack_shape(st.stack)
         # stack coordinates -> image pixels: stack row 1 is local row 0 at y0
         px["area_px"][i] = shape["area"]
-        px["centroid_x"][i] = shape["centroid_col"] - 1 + st.x0 + ox
-        px["centroid_y"][i] = shape["centroid_row"] - 1 + st.y0 + oy
+        _place_geometry(px, i, shape, st, ox, oy)
         nonempty = shape["area"] > 0
-        for col, name, off in (("x", "col", st.x0 + ox), ("y", "row", st.y0 + oy)):
-            for end in ("0", "1"):
-                px[f"bbox_{col}{end}"][i] = np.where(nonempty, shape[f"bbox_{name}{end}"] - 1 + off, -1)
         for src, dst in _SHAPE_NAMES.items():
             px[dst][i] = np.where(nonempty, shape[src], np.nan)
         px["area_convex"][i] = convex_area(st.stack)

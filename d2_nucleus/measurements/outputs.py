@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..export.classes import NucleusClasses
 from ..export.tables import write_table
 from ..utils.file_io import atomic_write_json, check_writable
 from .figure import write_distributions
@@ -20,7 +21,6 @@ from .nuclei import measure_nuclei
 from .qupath import qupath_measurements
 from .stain import STAIN_METHODS, image_stain_matrix
 from .summary import summarize
-from ..types.outputs import type_columns, type_summary
 
 __all__ = ["MeasurementWriter"]
 
@@ -75,17 +75,16 @@ class MeasurementWriter:
         image_name: Optional[str] = None,
         overwrite: bool = False,
         columns: Optional[Dict[str, np.ndarray]] = None,
-        types=None,
+        classes: Optional[NucleusClasses] = None,
     ) -> Dict:
         """
         Measure the nuclei (COCO RLEs of the image, in its pixels) and write the outputs.
 
         Args:
             columns: their measurements when already computed (with this writer's mpp and stain).
-            types: (:class:`d2_nucleus.types.outputs.TypePredictor`, its
-                :class:`~d2_nucleus.types.outputs.TypedNuclei` for these nuclei): adds the
-                ``type`` and ``prob_<type>`` columns, per-type counts, fractions and densities to
-                the summary (``types``) and per-type colours to the figure.
+            classes: the nuclei's types (e.g. of :mod:`d2_nucleus.types`): the table's ``type``
+                and ``prob_<type>`` columns, per-type counts, fractions and densities in the
+                summary (``types``), the figure's histograms stacked by type.
 
         Returns:
             {"columns": the table's columns, "qupath": one QuPath measurement dict a nucleus,
@@ -108,11 +107,8 @@ class MeasurementWriter:
         if measured is None:
             measured = measure_nuclei(BoxMasks.from_rles(rles), image_rgb, mpp=self.mpp, rgb_from_stain=rgb_from_stain)
         columns.update(measured)
-        type_colors = None
-        if types is not None:
-            predictor, typed = types
-            columns.update(type_columns(predictor.class_names, typed.index, typed.probs))
-            type_colors = dict(zip(predictor.class_names, predictor.colors))
+        if classes is not None:
+            columns.update(classes.columns())
         paths = self.paths(stem)
         write_table(columns, paths["table"], csv_path=paths["csv"], overwrite=overwrite)
         height, width = image_rgb.shape[:2]
@@ -120,11 +116,10 @@ class MeasurementWriter:
         if stain != "ruifrok":
             extra["stain_vectors"] = np.asarray(rgb_from_stain).round(6).tolist()
         summary = summarize(columns, mpp=self.mpp, image_area_px=float(height * width), extra=extra)
-        if types is not None:
-            summary["types"] = type_summary(columns["type"], predictor.class_names, summary["area_mm2"],
-                                            predictor.colors)
+        if classes is not None:
+            summary["types"] = classes.summary(summary["area_mm2"])
         atomic_write_json(paths["summary"], summary, overwrite=overwrite)
         write_distributions(columns, paths["figure"], title=image_name or stem, overwrite=overwrite,
-                            type_colors=type_colors)
+                            type_colors=classes.color_map if classes is not None else None)
         written: List[str] = [p for p in paths.values() if p]
         return {"columns": columns, "qupath": qupath_measurements(columns, self.mpp), "written": written}

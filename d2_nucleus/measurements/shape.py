@@ -25,7 +25,7 @@ from typing import Dict
 
 import numpy as np
 
-__all__ = ["stack_shape", "perimeter_weights", "ellipse_from_moments"]
+__all__ = ["stack_geometry", "stack_shape", "perimeter_weights", "ellipse_from_moments"]
 
 
 def perimeter_weights() -> np.ndarray:
@@ -78,43 +78,62 @@ def ellipse_from_moments(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> Dict[st
     }
 
 
-def stack_shape(s: np.ndarray) -> Dict[str, np.ndarray]:
+def stack_geometry(s: np.ndarray) -> Dict[str, np.ndarray]:
     """
-    Shape measurements of each mask of a (k, H, W) bool stack with a zero frame, in stack
-    coordinates (add the stack's offsets for image coordinates).
+    Area, centroid and box of each mask of a (k, H, W) bool stack with a zero frame, in *local*
+    coordinates (local pixel (0, 0) is stack pixel (1, 1); add the stack's offsets for image
+    coordinates). The one computation of these for every d2_nucleus output (per-image
+    measurements, the slide table): the centroid is the exact integer sum of the pixels' local
+    indices divided by their count.
 
     Returns:
-        dict of (k,) arrays: ``area`` (int64), ``centroid_row``, ``centroid_col``, ``bbox_row0``,
-        ``bbox_col0``, ``bbox_row1``, ``bbox_col1`` (half-open; int64), ``perimeter``,
-        ``axis_major_length``, ``axis_minor_length``, ``eccentricity``, ``orientation``,
-        ``equivalent_diameter_area``. Empty masks give area 0, NaN centroid, bbox -1.
+        dict of (k,) arrays: ``area`` (int64), ``centroid_row``, ``centroid_col`` (float64),
+        ``bbox_row0``, ``bbox_col0``, ``bbox_row1``, ``bbox_col1`` (half-open; int64), and the
+        stack sums the moments need (``n``, ``s_r``, ``s_c``, ``row_sum``, ``col_sum``). Empty masks
+        give area 0, NaN centroid, bbox -1.
     """
     k, height, width = s.shape
     f = s.astype(np.float64)
-    rows = np.arange(height, dtype=np.float64)
-    cols = np.arange(width, dtype=np.float64)
     row_sum = f.sum(axis=2)  # (k, H): pixels per row
     col_sum = f.sum(axis=1)  # (k, W)
-    # Exact integer sums (float64 holds them exactly at nucleus sizes).
+    # Exact integer sums (float64 holds them exactly at nucleus sizes), in stack coordinates.
     n = row_sum.sum(axis=1)
-    s_r, s_rr = row_sum @ rows, row_sum @ rows**2
-    s_c, s_cc = col_sum @ cols, col_sum @ cols**2
-    s_rc = (f @ cols) @ rows if k else np.zeros(0)
+    s_r = row_sum @ np.arange(height, dtype=np.float64)
+    s_c = col_sum @ np.arange(width, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # local index = stack index - 1: the sums of local indices are s - n (exact)
+        out = {"area": n.astype(np.int64), "centroid_row": (s_r - n) / n, "centroid_col": (s_c - n) / n}
+    empty = n == 0
+    for name, hit, size in (("row", row_sum > 0, height), ("col", col_sum > 0, width)):
+        first = np.argmax(hit, axis=1)
+        last = size - np.argmax(hit[:, ::-1], axis=1)
+        out[f"bbox_{name}0"] = np.where(empty, -1, first - 1)
+        out[f"bbox_{name}1"] = np.where(empty, -1, last - 1)
+    out.update(n=n, s_r=s_r, s_c=s_c, row_sum=row_sum, col_sum=col_sum)
+    return out
+
+
+def stack_shape(s: np.ndarray) -> Dict[str, np.ndarray]:
+    """
+    Shape measurements of each mask of a (k, H, W) bool stack with a zero frame: those of
+    :func:`stack_geometry` (local coordinates) and ``perimeter``, ``axis_major_length``,
+    ``axis_minor_length``, ``eccentricity``, ``orientation``, ``equivalent_diameter_area``.
+    """
+    k, height, width = s.shape
+    g = stack_geometry(s)
+    n, s_r, s_c = g.pop("n"), g.pop("s_r"), g.pop("s_c")
+    row_sum, col_sum = g.pop("row_sum"), g.pop("col_sum")
+    rows = np.arange(height, dtype=np.float64)
+    cols = np.arange(width, dtype=np.float64)
+    s_rr, s_cc = row_sum @ rows**2, col_sum @ cols**2
+    s_rc = (s.astype(np.float64) @ cols) @ rows if k else np.zeros(0)
     with np.errstate(invalid="ignore", divide="ignore"):
         n2 = n * n
-        mean_r, mean_c = s_r / n, s_c / n
         # central moments / mu00, from exact integers: (n S_xy - S_x S_y) / n^2
         a = (n * s_cc - s_c * s_c) / n2  # mu02 / mu00 (columns)
         c = (n * s_rr - s_r * s_r) / n2  # mu20 / mu00 (rows)
         b = -(n * s_rc - s_r * s_c) / n2  # -mu11 / mu00
-    out = {"area": n.astype(np.int64), "centroid_row": mean_r, "centroid_col": mean_c}
-    any_row, any_col = row_sum > 0, col_sum > 0
-    empty = n == 0
-    for name, hit, size in (("row", any_row, height), ("col", any_col, width)):
-        first = np.argmax(hit, axis=1)
-        last = size - np.argmax(hit[:, ::-1], axis=1)
-        out[f"bbox_{name}0"] = np.where(empty, -1, first)
-        out[f"bbox_{name}1"] = np.where(empty, -1, last)
+    out = g
     out["perimeter"] = _perimeter(s) if k else np.zeros(0)
     out.update(ellipse_from_moments(a, b, c))
     out["equivalent_diameter_area"] = np.sqrt(4 * n / np.pi)

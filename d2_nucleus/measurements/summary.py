@@ -8,7 +8,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["SUMMARY_COLUMNS", "summarize", "summarize_table", "read_summary_columns"]
+__all__ = ["SUMMARY_COLUMNS", "summarize", "read_summary_columns"]
 
 # Measurements summarised (those present in the table; _um columns only with a resolution).
 SUMMARY_COLUMNS = (
@@ -90,9 +90,3 @@ def read_summary_columns(path: str, summary_columns: Sequence[str] = SUMMARY_COL
     table = pq.read_table(path, columns=[c for c in summary_columns if c in names])
     columns = {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}
     return columns, pq.read_metadata(path).num_rows
-
-
-def summarize_table(path: str, summary_columns: Sequence[str] = SUMMARY_COLUMNS, **kwargs) -> Dict:
-    """:func:`summarize` of a per-nucleus Parquet table, reading only the summarised columns."""
-    columns, count = read_summary_columns(path, summary_columns)
-    return summarize(columns, summary_columns=summary_columns, count=count, **kwargs)

@@ -27,6 +27,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .module_swap import replace_modules
+
 __all__ = ["FrozenGroupNorm", "convert_frozen_group_norms", "calibrate_frozen_group_norms"]
 
 
@@ -61,8 +63,7 @@ class FrozenGroupNorm(nn.Module):
                 "(MODEL.FROZEN_GROUP_NORM needs calibrated weights)"
             )
         # Per-channel statistics through the inference-mode BatchNorm kernel: one fp32 pass, and
-        # faster than x * scale + shift in forward and backward (measured: 2 x 128 x 128^2 bf16
-        # channels-last, fwd+bwd 32 vs 48 ms on 2 cores).
+        # faster than x * scale + shift in forward and backward (BENCHMARKS.md "Figures behind the code").
         per_group = self.num_channels // self.num_groups
         return nn.functional.batch_norm(
             x, self.group_mean.repeat_interleave(per_group), self.group_var.repeat_interleave(per_group),
@@ -75,18 +76,14 @@ def convert_frozen_group_norms(module: nn.Module) -> int:
     Replace every :class:`torch.nn.GroupNorm` (and subclass) in ``module`` by a
     :class:`FrozenGroupNorm` sharing its parameters (statistics uncalibrated). Returns how many.
     """
-    n = 0
-    for parent in module.modules():
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.GroupNorm):
-                new = FrozenGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
-                if child.affine:
-                    new.weight, new.bias = child.weight, child.bias
-                new.to(device=child.weight.device if child.affine else None)
-                new.train(child.training)
-                setattr(parent, name, new)
-                n += 1
-    return n
+
+    def build(child: nn.GroupNorm) -> "FrozenGroupNorm":
+        new = FrozenGroupNorm(child.num_groups, child.num_channels, child.eps, child.affine)
+        if child.affine:
+            new.weight, new.bias = child.weight, child.bias
+        return new.to(device=child.weight.device if child.affine else None)
+
+    return replace_modules(module, lambda m: isinstance(m, nn.GroupNorm), build)
 
 
 @torch.no_grad()

@@ -9,16 +9,12 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import Instances
 
-from ..utils.malloc import tune_malloc as tune_malloc_thresholds
+from .cpu import CPUOptions, apply_cpu_options, roi_heads_features
 from .float32_heads import convert_box_predictors
 from .frozen_group_norm import convert_frozen_group_norms
-from .group_norm import convert_group_norms, fuse_group_norm_relus
 from .maskness import maskness_rescore
 from .nucleus_features import add_box_features, box_feature_scales
-from .poolers import convert_poolers, native_pooling
 from .postprocessing import nucleus_postprocess
-from .roi_align import convert_roi_aligns, roi_features
-from .rpn import convert_rpn
 
 __all__ = ["NucleusRCNN"]
 
@@ -42,27 +38,6 @@ def _heads_off(roi_heads, names=PER_DETECTION_HEADS):
             setattr(roi_heads, n, v)
 
 
-def _roi_in_features(roi_heads):
-    names = []
-    for attr in ("box_in_features", "mask_in_features", "keypoint_in_features", "in_features"):
-        names += [f for f in getattr(roi_heads, attr, None) or [] if f not in names]
-    return names
-
-
-def _roi_heads_features_hook(roi_heads, args):
-    """
-    Forward pre-hook: ``roi_heads(images, features, ...)`` gets :func:`roi_features` of its
-    features, unless its poolers read them as they are (:class:`NucleusROIPooler` at inference).
-    """
-    if len(args) < 2 or not isinstance(args[1], dict) or not args[1]:
-        return None
-    features = args[1]
-    if getattr(roi_heads, "native_roi_align", False) and native_pooling(next(iter(features.values())).device):
-        return None
-    wanted = [f for f in _roi_in_features(roi_heads) if f in features] or list(features)
-    return (args[0], roi_features({f: features[f] for f in wanted})) + tuple(args[2:])
-
-
 @META_ARCH_REGISTRY.register()
 class NucleusRCNN(GeneralizedRCNN):
     """
@@ -80,11 +55,8 @@ class NucleusRCNN(GeneralizedRCNN):
 
     @configurable
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
-                 fast_group_norm: bool = True, roi_align_threads: int = 1, roi_features_once: bool = True,
-                 tune_malloc: bool = False, maskness_power: float = 0.0,
-                 float32_box_predictor: bool = True, frozen_group_norm: bool = False,
-                 native_roi_align: bool = False, native_group_norm: bool = False, rpn_nms_threads: int = 1,
-                 native_anchor_iou: bool = False, box_features: tuple = (), **kwargs):
+                 maskness_power: float = 0.0, float32_box_predictor: bool = True, frozen_group_norm: bool = False,
+                 cpu_options: Optional[CPUOptions] = None, box_features: tuple = (), **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -92,14 +64,6 @@ class NucleusRCNN(GeneralizedRCNN):
                 (0: all at once, as Detectron2 does).
             channels_last: keep convolution weights (and so activations) in channels-last
                 memory format, which oneDNN runs faster on CPUs, bfloat16 especially.
-            fast_group_norm: with ``channels_last``, GroupNorms of RoI batches take PyTorch's
-                faster NCHW kernel (:class:`NucleusGroupNorm`).
-            roi_align_threads: CPU threads each RoIAlign runs on (0: all of torch's; 1:
-                torchvision's single-threaded kernel as it is; :class:`ThreadedROIAlign`).
-            roi_features_once: give the RoI heads their feature maps as RoIAlign reads them
-                (float32, NCHW), converted once an image instead of at each RoIAlign call.
-            tune_malloc: raise glibc's malloc thresholds for this process
-                (:func:`d2_nucleus.utils.malloc.tune_malloc`; for CPU models).
             maskness_power: at inference, multiply each detection's score by its mask's
                 maskness to this power (:func:`maskness_rescore`; 0: scores as the heads give them).
             float32_box_predictor: run the box predictor in float32 under autocast, so scores
@@ -107,29 +71,18 @@ class NucleusRCNN(GeneralizedRCNN):
             frozen_group_norm: the backbone's GroupNorms normalise with fixed statistics
                 (:class:`FrozenGroupNorm`; the weights must come from tools/freeze_group_norm.py),
                 so a nucleus's features do not depend on the rest of the input (whole-slide tiles).
-            native_roi_align: on CPU the RoI heads' poolers run all pyramid levels in one call
-                of d2_nucleus's channels-last C++ RoIAlign, forward and backward
-                (:class:`NucleusROIPooler`; torchvision's values), reading the maps as they are.
-            native_group_norm: with ``channels_last`` and ``fast_group_norm``, on CPU the
-                GroupNorms run as channels-last C++ kernels, forward and backward, with the RoI
-                heads' ReLUs fused in (:func:`fuse_group_norm_relus`).
-            rpn_nms_threads: CPU threads the RPN's per-level NMS runs on at inference (0: all of
-                torch's; 1: Detectron2's :class:`RPN` as it is; :class:`NucleusRPN`).
-            native_anchor_iou: in training on CPU the RPN's anchor matching takes its IoU matrix
-                from a C++ kernel (:class:`NucleusRPN`; the same values).
+            cpu_options: the CPU speed options (``MODEL.CPU``; :func:`apply_cpu_options`);
+                None: none, Detectron2's kernels.
             box_features: at inference each detection gets the box head's features of its box
                 scaled by each of these factors (``box_features``, ``context_features``:
                 :func:`add_box_features`; () none; needs ``mask_chunk_size`` > 0).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
-        None of the speed options changes a parameter or a state-dict key: checkpoints load
-        either way.
+        None of these changes a parameter or a state-dict key: checkpoints load either way.
         """
         super().__init__(**kwargs)
         if frozen_group_norm:
             convert_frozen_group_norms(self.backbone)
-        if tune_malloc:
-            tune_malloc_thresholds()
         self.mask_threshold = mask_threshold
         self.maskness_power = maskness_power
         self.mask_chunk_size = mask_chunk_size
@@ -139,23 +92,10 @@ class NucleusRCNN(GeneralizedRCNN):
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
-            if fast_group_norm:
-                convert_group_norms(self, native=native_group_norm)
-                if native_group_norm:
-                    fuse_group_norm_relus(self.roi_heads)
-        if roi_align_threads != 1:
-            convert_roi_aligns(self.roi_heads, roi_align_threads)
         if float32_box_predictor:
             convert_box_predictors(self.roi_heads)
-        if native_roi_align:
-            convert_poolers(self.roi_heads)
-        if (rpn_nms_threads != 1 or native_anchor_iou) and self.proposal_generator is not None:
-            convert_rpn(self.proposal_generator, rpn_nms_threads, native_anchor_iou)
-        # read by _roi_heads_features_hook and inference(): NucleusROIPooler needs no conversion
-        self.roi_heads.native_roi_align = native_roi_align
-        self.roi_features_once = roi_features_once
-        if roi_features_once:
-            self.roi_heads.register_forward_pre_hook(_roi_heads_features_hook)
+        if cpu_options is not None:
+            apply_cpu_options(self, cpu_options, channels_last)
 
     @classmethod
     def from_config(cls, cfg):
@@ -163,17 +103,10 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["mask_threshold"] = cfg.NUCLEUS.MASK_THRESHOLD
         ret["mask_chunk_size"] = cfg.TEST.MASK_HEAD_CHUNK_SIZE
         ret["channels_last"] = cfg.MODEL.CHANNELS_LAST
-        ret["fast_group_norm"] = cfg.MODEL.FAST_GROUP_NORM
-        ret["roi_align_threads"] = cfg.MODEL.ROI_ALIGN_THREADS
-        ret["roi_features_once"] = cfg.MODEL.ROI_FEATURES_ONCE
-        ret["tune_malloc"] = cfg.MODEL.CPU_TUNE_MALLOC and cfg.MODEL.DEVICE == "cpu"
         ret["maskness_power"] = cfg.TEST.MASKNESS_POWER
         ret["float32_box_predictor"] = cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR
         ret["frozen_group_norm"] = cfg.MODEL.FROZEN_GROUP_NORM
-        ret["native_roi_align"] = cfg.MODEL.NATIVE_ROI_ALIGN
-        ret["native_group_norm"] = cfg.MODEL.NATIVE_GROUP_NORM
-        ret["rpn_nms_threads"] = cfg.MODEL.RPN_NMS_THREADS
-        ret["native_anchor_iou"] = cfg.MODEL.NATIVE_ANCHOR_IOU
+        ret["cpu_options"] = CPUOptions.from_config(cfg)
         ret["box_features"] = box_feature_scales(cfg)
         return ret
 
@@ -204,10 +137,7 @@ class NucleusRCNN(GeneralizedRCNN):
                     proposals, _ = self.proposal_generator(images, features, None)
                 else:
                     proposals = [x["proposals"].to(self.device) for x in batched_inputs]
-            if self.roi_features_once and not (
-                self.roi_heads.native_roi_align and native_pooling(images.tensor.device)
-            ):
-                features = roi_features({f: features[f] for f in _roi_in_features(self.roi_heads)})
+            features = roi_heads_features(self.roi_heads, features)
             if detected_instances is None:
                 with _heads_off(self.roi_heads):  # boxes only
                     results, _ = self.roi_heads(images, features, proposals, None)

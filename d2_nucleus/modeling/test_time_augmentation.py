@@ -2,16 +2,17 @@
 """
 Test-time augmentation for NucleusRCNN: Detectron2's GeneralizedRCNNWithTTA (boxes from all
 augmented images merged by NMS, masks of the merged boxes averaged over the augmentations),
-with scales relative to each image's native size, vertical flips, and RLE post-processing.
+with scales relative to each image's test size, vertical flips, and RLE post-processing.
 
 Config (``cfg.TEST.AUG``):
-    SCALES: scales relative to the native size (1.0 = native). When non-empty they replace
-        Detectron2's absolute ``MIN_SIZES`` (short-edge lengths in pixels, 0 = native).
-        Default ``(1.0,)``: native resolution only, the right choice for nuclei that are only
-        8-40 px across.
+    SCALES: scales relative to the test size, i.e. the native size x ``INPUT.TEST_SCALE`` (the
+        predictor's and the evaluation's test-time resize comes first; 1.0 = the test size). When
+        non-empty they replace Detectron2's absolute ``MIN_SIZES`` (short-edge lengths in
+        pixels, 0 = native). Default ``(1.0,)``: the test size only, the right choice for nuclei
+        that are only 8-40 px across.
     MAX_SIZE: upper limit of the longer edge after resizing (Detectron2's key).
     FLIP: horizontal flips (Detectron2's key); VFLIP: vertical flips (with FLIP, also both).
-Default: 4 passes per image (identity, horizontal, vertical, both) at native resolution.
+Default: 4 passes per image (identity, horizontal, vertical, both) at the test size.
 """
 import copy
 
@@ -38,7 +39,7 @@ __all__ = ["NucleusDatasetMapperTTA", "NucleusRCNNWithTTA"]
 
 class NucleusDatasetMapperTTA(DatasetMapperTTA):
     """
-    :class:`DatasetMapperTTA` with sizes relative to the native size and vertical flips.
+    :class:`DatasetMapperTTA` with sizes relative to the test size and vertical flips.
     Returns ``len(sizes) * (1 + flip) * (1 + vflip)`` augmented dicts.
     """
 
@@ -47,7 +48,7 @@ class NucleusDatasetMapperTTA(DatasetMapperTTA):
         """
         Args:
             min_sizes, max_size, flip: as in :class:`DatasetMapperTTA`.
-            scales: short-edge scales relative to the image (1.0 = native); replace
+            scales: short-edge scales relative to the test size (1.0 = the test size); replace
                 ``min_sizes`` when non-empty.
             vflip: also flip vertically.
         """
@@ -70,7 +71,7 @@ class NucleusDatasetMapperTTA(DatasetMapperTTA):
             pre_tfm = ResizeTransform(orig_shape[0], orig_shape[1], image.shape[0], image.shape[1])
         else:
             pre_tfm = NoOpTransform()
-        if self.scales:  # relative to the image, as INPUT.TEST_SCALE
+        if self.scales:  # relative to the image as it comes (already at INPUT.TEST_SCALE)
             resizes = [RelativeResize(s, self.max_size) for s in self.scales]
         else:
             resizes = [ResizeShortestEdge(size, self.max_size) for size in self.min_sizes]

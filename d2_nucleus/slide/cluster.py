@@ -26,29 +26,29 @@ import csv
 import glob
 import hashlib
 import logging
+import math
 import os
 import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
-from ..utils.file_io import OutputExistsError, atomic_write
-from .pipeline import SLIDE_EXTENSIONS, SlideOutputs, file_sha256, list_slides, segment_slide
-from .readers import SlideError
+from ..utils.file_io import atomic_write
+from .inputs import SLIDE_EXTENSIONS, file_sha256, list_slides, slide_stem
+from .outputs import SlideOutputs
+from .runner import SLIDE_ERRORS, run_one_slide
 
 __all__ = [
     "REPORT_COLUMNS", "SlideJob", "read_manifest", "worker_predictor", "model_loads", "run_slide", "segment_slides_on_cluster",
-    "write_report", "start_local_cluster",
+    "write_report", "scheduler_address", "start_local_cluster",
 ]
 
 logger = logging.getLogger(__name__)
 
 REPORT_COLUMNS = ("slide", "status", "nuclei", "tissue_mm2", "seconds", "worker", "resumed_tiles", "error")
 
-# Errors that belong to the slide (bad file, no mpp, no tissue, outputs in the way): reported, not
-# retried; anything else raised by a task is retried (``retries``), then reported.
-SLIDE_ERRORS = (SlideError, OutputExistsError, OSError, ValueError)
-
+# Errors that belong to the slide (runner.SLIDE_ERRORS: bad file, no mpp, no tissue, outputs in the
+# way) are reported, not retried; anything else raised by a task is retried (``retries``), then reported.
 
 @dataclass(frozen=True)
 class SlideJob:
@@ -99,8 +99,8 @@ def _read_csv_manifest(path: str, default_mpp: Optional[float]) -> List[SlideJob
                 slide_mpp = float(value) if value else default_mpp
             except ValueError:
                 raise ValueError(f"{path}:{line}: mpp {value!r} is not a number") from None
-            if slide_mpp is not None and not slide_mpp > 0:
-                raise ValueError(f"{path}:{line}: mpp must be > 0, got {value!r}")
+            if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+                raise ValueError(f"{path}:{line}: mpp must be a finite number > 0, got {value!r}")
             jobs.append(SlideJob(os.path.join(base, slide), slide_mpp))
     if not jobs:
         raise ValueError(f"{path}: manifest lists no slides")
@@ -142,8 +142,11 @@ def worker_predictor(cfg, torch_threads: Optional[int] = None):
     """
     import torch
 
+    from ..modeling.cpu.malloc import tune_process
+
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
+    tune_process(cfg)  # process-wide: this worker process is the entry point here
     weights = str(cfg.MODEL.WEIGHTS)
     device = _worker_device(str(cfg.MODEL.DEVICE))
     key = (hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest(),
@@ -171,26 +174,22 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def run_slide(cfg, job: SlideJob, out_dir: str, use_tissue: Optional[bool] = None,
-              tissue_mask: Optional[str] = None, csv: bool = False, overwrite: bool = False,
-              torch_threads: Optional[int] = None, predictor_factory: Optional[Callable] = None) -> Dict:
+def run_slide(cfg, job: SlideJob, out_dir: str, overwrite: bool = False, torch_threads: Optional[int] = None,
+              predictor_factory: Optional[Callable] = None) -> Dict:
     """
     The task: segment one slide with this worker's model; a report row (see
-    :data:`REPORT_COLUMNS`). Slide errors become a ``failed`` row; others propagate (retried).
+    :data:`REPORT_COLUMNS`). Slide errors (:data:`~.runner.SLIDE_ERRORS`) become a ``failed``
+    row; others propagate (retried).
     """
     start = time.perf_counter()
     row = {"slide": job.path, "worker": _worker_name()}
-    mask = tissue_mask
-    if tissue_mask and os.path.isdir(tissue_mask):  # a folder of <slide stem>.png masks
-        candidate = os.path.join(tissue_mask, os.path.splitext(os.path.basename(job.path))[0] + ".png")
-        mask = candidate if os.path.isfile(candidate) else None
     try:
         predictor = (predictor_factory or worker_predictor)(cfg, torch_threads)
-        summary = segment_slide(predictor, cfg, job.path, out_dir, mpp=job.mpp, use_tissue=use_tissue,
-                                tissue_mask=mask, csv=csv, overwrite=overwrite, progress=False)
-    except SLIDE_ERRORS as e:
-        message = str(e) if job.path in str(e) else f"{job.path}: {e}"
-        return {**row, "status": "failed", "seconds": time.perf_counter() - start, "error": message}
+    except SLIDE_ERRORS as e:  # e.g. the weights: reported like the slide tool does
+        return {**row, "status": "failed", "seconds": time.perf_counter() - start, "error": f"{job.path}: {e}"}
+    summary, error = run_one_slide(predictor, cfg, job.path, out_dir, mpp=job.mpp, overwrite=overwrite, progress=False)
+    if error is not None:
+        return {**row, "status": "failed", "seconds": time.perf_counter() - start, "error": error}
     if summary["status"] == "exists":  # completed meanwhile (e.g. by an earlier attempt)
         return {**_row_from_summary(job.path, summary["summary"], "exists"), "worker": row["worker"]}
     return {**row, "status": "done", "nuclei": summary["nuclei"], "tissue_mm2": summary["tissue_mm2"],
@@ -209,6 +208,62 @@ def _row_from_summary(slide: str, summary_path: str, status: str) -> Dict:
 # -------------------------------------------------------------------------------------------------
 # On the client
 # -------------------------------------------------------------------------------------------------
+def scheduler_address(scheduler: Optional[str] = None, scheduler_file: Optional[str] = None,
+                      timeout: float = 30.0) -> str:
+    """
+    The address of the running Dask scheduler to join (``scheduler``, or the ``address`` of the
+    JSON ``scheduler_file`` that ``dask scheduler --scheduler-file`` writes, awaited until it
+    appears), checked to answer within ``timeout`` seconds. distributed's Client has no such
+    bound here: it waits forever for a scheduler file that never appears, and for a server that
+    accepts the connection but never answers, whatever its ``timeout`` (distributed 2026.8).
+
+    Raises:
+        ValueError: not an address, or a scheduler file that is not JSON with an "address".
+        TimeoutError: no file, connection or answer within ``timeout`` (one line each).
+    """
+    import asyncio
+    import json
+
+    from distributed.comm import connect
+    from distributed.comm.addressing import parse_address
+
+    if scheduler_file:
+        deadline = time.monotonic() + timeout
+        while not os.path.isfile(scheduler_file):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"--scheduler-file {scheduler_file}: no such file after {timeout:g} s (start the "
+                                   f"scheduler with: dask scheduler --scheduler-file {scheduler_file})")
+            time.sleep(0.1)
+        try:
+            with open(scheduler_file, "rb") as f:
+                scheduler = json.loads(f.read(1 << 20))["address"]
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"--scheduler-file {scheduler_file}: not a Dask scheduler file (JSON with an "
+                             f"\"address\": {type(e).__name__}: {e})") from None
+    where = f"--scheduler-file {scheduler_file} ({scheduler})" if scheduler_file else f"--scheduler {scheduler}"
+    try:
+        parse_address(str(scheduler))
+    except ValueError as e:
+        raise ValueError(f"{where}: not a Dask scheduler address like tcp://host:8786 ({e})") from None
+
+    async def identity():
+        comm = await asyncio.wait_for(connect(scheduler, timeout=timeout), timeout)
+        try:
+            await asyncio.wait_for(comm.write({"op": "identity", "reply": True}), timeout)
+            return await asyncio.wait_for(comm.read(), timeout)
+        finally:
+            comm.abort()
+
+    try:
+        asyncio.run(identity())
+    except (OSError, asyncio.TimeoutError) as e:
+        raise TimeoutError(f"{where}: no Dask scheduler answered within {timeout:g} s (--connect-timeout)"
+                           + (f": {e}" if str(e) else "")) from None
+    except ValueError as e:  # e.g. an unknown scheme
+        raise ValueError(f"{where}: not a Dask scheduler address like tcp://host:8786 ({e})") from None
+    return scheduler
+
+
 def start_local_cluster(n_workers: int, torch_threads: int = 1, gpus: bool = False, worker_deaths: int = 3,
                         dashboard_address: str = ":8787", **kwargs):
     """
@@ -228,13 +283,12 @@ def start_local_cluster(n_workers: int, torch_threads: int = 1, gpus: bool = Fal
         )
 
 
-def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: str,
-                              use_tissue: Optional[bool] = None, tissue_mask: Optional[str] = None,
-                              csv: bool = False, overwrite: bool = False, retries: int = 2,
-                              torch_threads: Optional[int] = None, progress: bool = True,
+def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: str, overwrite: bool = False,
+                              retries: int = 2, torch_threads: Optional[int] = None, progress: bool = True,
                               on_submitted: Optional[Callable] = None) -> List[Dict]:
     """
-    Segment ``jobs`` on the cluster of ``client``; the report rows, in the order of ``jobs``.
+    Segment ``jobs`` on the cluster of ``client`` with the settings of ``cfg`` (those of
+    tools/segment_slides.py: :mod:`.options`); the report rows, in the order of ``jobs``.
 
     Complete slides (summary present, not ``overwrite``) are not submitted: their row (status
     ``exists``) comes from their summary. ``on_submitted(futures)`` is called once the tasks are
@@ -247,7 +301,7 @@ def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: st
     rows: Dict[int, Dict] = {}
     todo = []
     for i, job in enumerate(jobs):
-        summary = SlideOutputs.for_slide(out_dir, os.path.splitext(os.path.basename(job.path))[0]).summary
+        summary = SlideOutputs.for_slide(out_dir, slide_stem(job.path)).summary
         if os.path.isfile(summary) and not overwrite:
             rows[i] = {**_row_from_summary(job.path, summary, "exists"), "worker": None}
         else:
@@ -257,8 +311,8 @@ def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: st
     for i in todo:
         job = jobs[i]
         future = client.submit(
-            run_slide, cfg, job, out_dir, use_tissue=use_tissue, tissue_mask=tissue_mask, csv=csv,
-            overwrite=overwrite, torch_threads=torch_threads, retries=retries, resources=resources,
+            run_slide, cfg, job, out_dir, overwrite=overwrite, torch_threads=torch_threads, retries=retries,
+            resources=resources,
             pure=False, key=f"slide-{i}-{os.path.basename(job.path)}-{time.time_ns()}",
         )
         futures[future] = i

@@ -21,7 +21,7 @@ import numpy as np
 from ..measurements.masks import BoxMasks
 from ..measurements.nuclei import COLOUR_COLUMNS, LENGTH_COLUMNS, measure_nuclei
 from ..measurements.stain import image_stain_matrix
-from .stitching import Record, record_mask
+from .stitching import NucleusRecord, record_mask
 from .tiling import SlideGeometry, Tile
 
 __all__ = ["TILE_COLUMNS", "slide_stain_matrix", "measure_tile", "level0_columns"]
@@ -50,15 +50,14 @@ def slide_stain_matrix(thumbnail: np.ndarray, method: str, name: str = "") -> Tu
         return "ruifrok", image_stain_matrix(thumbnail, "ruifrok")
 
 
-def measure_tile(records: Sequence[Record], tile: Tile, image_rgb: np.ndarray,
+def measure_tile(records: Sequence[NucleusRecord], tile: Tile, image_rgb: np.ndarray,
                  rgb_from_stain: Optional[np.ndarray]) -> Dict[str, List[float]]:
     """
     :data:`TILE_COLUMNS` of a tile's records (:func:`.stitching.tile_records`), measured on the
     tile's RGB pixels ``image_rgb`` (working resolution), as JSON-ready lists in record order.
     """
     rx0, ry0 = tile.region[:2]
-    boxes = BoxMasks([record_mask(r) for r in records], [r[1] - rx0 for r in records],
-                     [r[2] - ry0 for r in records])
+    boxes = BoxMasks([record_mask(r) for r in records], [r.x0 - rx0 for r in records], [r.y0 - ry0 for r in records])
     values = measure_nuclei(boxes, image_rgb, rgb_from_stain=rgb_from_stain, origin=(rx0, ry0))
     return {name: values[name].tolist() for name in TILE_COLUMNS}
 

@@ -11,11 +11,12 @@ it (their predictions differ slightly near tile edges); to lose none, a centre u
 removed by :class:`SeamStitcher`: of two nuclei of neighbouring tiles with mask IoU above
 ``DUPLICATE_IOU``, the one of the later tile (row-major) is dropped.
 
-Per-tile results are stored as *records*: ``[score, x0, y0, w, h, counts]``, the box-local mask
+Per-tile results are stored as :class:`NucleusRecord` s: score, box and the box-local mask
 (``h`` x ``w`` at working px, top-left pixel (x0, y0) of the working image) as a compressed COCO
-RLE string. They are small, JSON-serialisable and enough to rebuild everything else.
+RLE string. They are small, JSON-serialisable (a done record holds them as
+``[score, x0, y0, w, h, counts]`` lists) and enough to rebuild everything else.
 """
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -23,12 +24,25 @@ from ..utils.rle import to_box_mask
 from ..utils import rle as rle_util
 from .tiling import Tile, TileGrid
 
-__all__ = ["tile_records", "record_mask", "crop_iou", "SeamStitcher"]
-
-Record = list  # [score, x0, y0, w, h, counts]
+__all__ = ["NucleusRecord", "tile_records", "record_mask", "crop_iou", "SeamStitcher"]
 
 
-def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tolerance: int) -> Tuple[List[Record], int]:
+class NucleusRecord(NamedTuple):
+    """One nucleus a tile owns, in working pixels (a JSON list in the tile's done record)."""
+
+    score: float
+    x0: int  # top-left pixel of its box in the working image
+    y0: int
+    w: int
+    h: int
+    counts: str  # the box-local mask as compressed COCO RLE counts
+
+    @classmethod
+    def from_json(cls, values: Sequence) -> "NucleusRecord":
+        return cls(*values)
+
+
+def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tolerance: int) -> Tuple[List[NucleusRecord], int]:
     """
     The nuclei ``tile`` owns, from the model's output on it.
 
@@ -66,15 +80,14 @@ def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tol
             gx + w == rx1 and rx1 < grid.width) or (gy + h == ry1 and ry1 < grid.height):
             cut += 1
         counts = rle_util.encode(mask)["counts"]
-        records.append([float(score), int(gx), int(gy), int(w), int(h), counts.decode("ascii")])
-    records.sort(key=lambda r: (r[2], r[1], -r[0]))
+        records.append(NucleusRecord(float(score), int(gx), int(gy), int(w), int(h), counts.decode("ascii")))
+    records.sort(key=lambda r: (r.y0, r.x0, -r.score))
     return records, cut
 
 
-def record_mask(record: Record) -> np.ndarray:
+def record_mask(record: NucleusRecord) -> np.ndarray:
     """The box-local uint8 mask of a record."""
-    _, _, _, w, h, counts = record
-    return rle_util.decode({"size": [int(h), int(w)], "counts": counts.encode("ascii")})
+    return rle_util.decode({"size": [int(record.h), int(record.w)], "counts": record.counts.encode("ascii")})
 
 
 def crop_iou(a: Tuple[np.ndarray, int, int], b: Tuple[np.ndarray, int, int]) -> float:
@@ -114,7 +127,7 @@ class SeamStitcher:
         m = self.grid.overlap
         return x0 < cx0 + m or y0 < cy0 + m or x0 + w > cx1 - m or y0 + h > cy1 - m
 
-    def add(self, tile: Tile, records: Sequence[Record]) -> Iterator[Tuple[Record, np.ndarray]]:
+    def add(self, tile: Tile, records: Sequence[NucleusRecord]) -> Iterator[Tuple[NucleusRecord, np.ndarray]]:
         """Yield (record, mask) of the tile's nuclei that duplicate no earlier neighbour's."""
         r, c = tile.row, tile.col
         for key in [k for k in self._seam if k[0] < r - 1]:
@@ -126,7 +139,7 @@ class SeamStitcher:
         ]
         seam = self._seam.setdefault((r, c), [])
         for record in records:
-            _, x0, y0, w, h, _ = record
+            x0, y0, w, h = record.x0, record.y0, record.w, record.h
             mask = record_mask(record)
             if self._near_seam(tile, x0, y0, w, h):
                 crop = (mask, x0, y0)

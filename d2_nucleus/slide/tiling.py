@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .readers import SlideSource, choose_level
+from ..data.slide_readers import SlideSource, choose_level
 
 __all__ = ["SlideGeometry", "slide_geometry", "Tile", "TileGrid", "batch_tiles", "read_tile"]
 
@@ -165,8 +165,8 @@ def batch_tiles(tiles: Sequence[Tile], batch_size: int) -> List[List[Tile]]:
     """
     ``tiles`` in order, in batches of at most ``batch_size`` tiles of one size. The model pads a
     batch to its largest image, so an edge tile (a few px wide) batched with a full tile would cost
-    a full tile's compute and, with GroupNorm, its statistics would take in the padding: measured
-    on a 3000 x 2000 px mosaic with 1024 px tiles in pairs, 2.5 instead of 1.8 s/Mpx in the model.
+    a full tile's compute and, with GroupNorm, its statistics would take in the padding
+    (BENCHMARKS.md "Figures behind the code").
     A new batch starts when the size changes, so every tile's result is its result alone.
     """
     batches: List[List[Tile]] = []

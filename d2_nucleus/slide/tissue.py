@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 from skimage.morphology import remove_small_holes, remove_small_objects
 
-from .readers import SlideError, SlideSource
+from ..data.slide_readers import SlideError, SlideSource
 
 __all__ = ["slide_thumbnail", "detect_tissue", "load_tissue_mask", "mask_area_mm2"]
 

@@ -16,6 +16,7 @@ import shutil
 from typing import Dict, List, Optional
 
 from ..utils.file_io import atomic_write_json
+from .stitching import NucleusRecord
 from .tiling import Tile
 
 __all__ = ["WorkFolder"]
@@ -55,7 +56,7 @@ class WorkFolder:
     def done(self, tile: Tile) -> bool:
         return os.path.isfile(self._tile_path(tile))
 
-    def save(self, tile: Tile, records: List, cut: int, measurements: Optional[Dict] = None) -> None:
+    def save(self, tile: Tile, records: List[NucleusRecord], cut: int, measurements: Optional[Dict] = None) -> None:
         """``measurements``: the records' measurement columns (:mod:`.measure`), kept with them."""
         done = {"cut": int(cut), "nuclei": records}
         if measurements is not None:
@@ -63,8 +64,11 @@ class WorkFolder:
         atomic_write_json(self._tile_path(tile), done, overwrite=True)
 
     def load(self, tile: Tile) -> Dict:
+        """The tile's done record: ``cut``, ``nuclei`` (:class:`NucleusRecord` s), ``measurements`` if kept."""
         with open(self._tile_path(tile)) as f:
-            return json.load(f)
+            done = json.load(f)
+        done["nuclei"] = [NucleusRecord.from_json(r) for r in done["nuclei"]]
+        return done
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

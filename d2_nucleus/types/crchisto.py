@@ -11,8 +11,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..data.importers.source import IMAGE_EXTENSIONS
 from .points import (
-    IMAGE_EXTENSIONS,
     BadPointsError,
     PointAnnotations,
     check_inside,

@@ -4,7 +4,7 @@ Segment images and describe each nucleus for type classification: the detections
 run exports (:func:`d2_nucleus.export.image_outputs.export_selection`), their measurements
 (:func:`d2_nucleus.measurements.measure_nuclei`, which also gives the centroids matched to
 annotated centres) and, on request, their box-head features. Images are predicted at the model's
-resolution (:func:`.resolution.inference_cfg`). Results can be cached per image (``.npz``, read
+resolution (the predictor's ``mpp``). Results can be cached per image (``.npz``, read
 with ``allow_pickle=False``), keyed by the model's fingerprint, the image file and the settings,
 so that training and evaluating several classifiers segments each image once.
 """
@@ -76,7 +76,8 @@ def _file_digest(path: str) -> str:
 
 class NucleusDetector:
     """
-    Segment images with a model (built once; a predictor per image resolution) and return their
+    Segment images with a model (built once; images of another resolution than the model's are
+    resized to it by the predictor, results in the image's pixels) and return their
     :class:`ImageNuclei`.
 
     Args:
@@ -98,38 +99,27 @@ class NucleusDetector:
         self.context_scale = float(self.cfg.TYPES.CONTEXT_SCALE) if box_features else 0.0
         self.stain = stain
         self.cache_dir = cache_dir
-        self._predictors: Dict[float, "NucleusPredictor"] = {}
-        self._predictor_class = NucleusPredictor
-        first = self._predictor(None)
-        self.fingerprint = model_fingerprint(first.model)
-
-    def _predictor(self, mpp: Optional[float]):
-        """The predictor for images of ``mpp`` (None: images at the model's resolution)."""
-        from .resolution import inference_cfg, model_mpp
-
-        mpp = float(mpp) if mpp else model_mpp(self.cfg)
-        if mpp not in self._predictors:
-            self._predictors[mpp] = self._predictor_class(inference_cfg(self.cfg, mpp))
-        return self._predictors[mpp]
+        self.predictor = NucleusPredictor(self.cfg)
+        self.fingerprint = model_fingerprint(self.predictor.model)
 
     def test_scale(self, mpp: Optional[float]) -> float:
         """The factor images of ``mpp`` um/px are resized by before the model."""
-        return float(self._predictor(mpp).cfg.INPUT.TEST_SCALE)
+        from ..config import input_resize_factor
+
+        return float(self.cfg.INPUT.TEST_SCALE) * input_resize_factor(self.cfg, mpp)
 
     def working_mpp(self, mpp: Optional[float]) -> float:
+        """Micrometres per pixel of the model's input for images of ``mpp`` (None: the model's)."""
         from .features import working_mpp
-        from .resolution import model_mpp
 
-        mpp = float(mpp) if mpp else model_mpp(self.cfg)
-        return working_mpp(self._predictor(mpp).cfg, mpp)
+        return working_mpp(self.cfg, mpp)
 
     def _cache_path(self, image: str, mpp: Optional[float]) -> Optional[str]:
         if not self.cache_dir:
             return None
-        predictor = self._predictor(mpp)
         key = json.dumps({
             "model": self.fingerprint, "image": _file_digest(image), "mpp": mpp, "box": self.box_features, "context": self.context_scale,
-            "stain": self.stain, "scale": float(predictor.cfg.INPUT.TEST_SCALE),
+            "stain": self.stain, "scale": self.test_scale(mpp),
             "thresh": float(self.cfg.TEST.LABEL_MAP_SCORE_THRESH), "visible": float(self.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
             "bf16": bool(self.cfg.SOLVER.CPU_BF16), "v": 3,
         }, sort_keys=True)  # fmt: skip
@@ -153,10 +143,10 @@ class NucleusDetector:
                 return ImageNuclei(name, columns, features)
             except (OSError, ValueError, KeyError, EOFError) as e:
                 logger.warning("%s: unreadable cache entry (%s); segmenting again", cache, e)
-        predictor = self._predictor(mpp)
+        predictor = self.predictor
         pixels = read_image(image, predictor.input_format)
         rgb = pixels[:, :, ::-1] if predictor.input_format == "BGR" else pixels
-        instances = predictor([pixels])[0]
+        instances = predictor([pixels], mpp=mpp)[0]
         rles, scores = instances.pred_rles, instances.scores.numpy()
         keep, _ = export_selection(rles, scores, rgb.shape[0], rgb.shape[1],
                                    float(self.cfg.TEST.LABEL_MAP_SCORE_THRESH),

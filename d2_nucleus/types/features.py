@@ -91,6 +91,13 @@ def model_fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def working_mpp(cfg, image_mpp: float) -> float:
-    """Micrometres per pixel of the model's input for an image of ``image_mpp`` predicted with ``cfg``."""
-    return float(image_mpp) / float(cfg.INPUT.TEST_SCALE)
+def working_mpp(cfg, image_mpp: Optional[float]) -> float:
+    """
+    Micrometres per pixel of the model's input for an image of ``image_mpp`` (None: the model's
+    resolution) predicted with ``cfg``: the image is resized by ``INPUT.TEST_SCALE`` x
+    :func:`d2_nucleus.config.input_resize_factor`.
+    """
+    from ..config import input_resize_factor, model_mpp
+
+    mpp = float(image_mpp) if image_mpp else model_mpp(cfg)
+    return mpp / (float(cfg.INPUT.TEST_SCALE) * input_resize_factor(cfg, image_mpp))

@@ -1,77 +1,20 @@
 # -*- coding: utf-8 -*-
 """
 Nucleus types in the outputs, for per-image prediction (``tools/predict.py --types``) and, per
-tile, the whole-slide pipeline:
-
-* :class:`TypePredictor`: a loaded classifier applied to one image's (or tile's) nuclei: their
-  measurements (computed here when the classifier needs them) and box features -> type index and
-  probabilities;
-* :func:`type_columns`: the per-nucleus table's ``type`` column and one ``prob_<type>`` column a
-  type (:func:`prob_column`);
-* :func:`type_classifications`: QuPath's ``classification`` ``{"name", "color"}`` of each nucleus;
-* :func:`type_summary`: counts, fractions and density (per mm^2) of each type, from the table's
-  ``type`` column (so a slide can summarise its whole table).
+tile, the whole-slide pipeline: :class:`TypePredictor`, a loaded classifier applied to one image's
+(or tile's) nuclei: their measurements (computed here when the classifier needs them) and the
+model's features -> :class:`d2_nucleus.export.classes.NucleusClasses` (the type and probabilities
+of each nucleus, which the exporters write into tables, GeoJSON, overlays and summaries).
 """
-import re
-from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..export.classes import NucleusClasses
 from .classifier import BadClassifierError, TypeClassifier
+from .features import MODEL_FEATURES
 
-__all__ = ["TypePredictor", "TypedNuclei", "prob_column", "type_classifications", "type_columns", "type_summary"]
-
-
-def prob_column(name: str) -> str:
-    """The probability column of a type: ``prob_`` + the name, runs of other characters as ``_``."""
-    return "prob_" + (re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_") or "type")
-
-
-def type_columns(class_names: Sequence[str], index: np.ndarray, probs: np.ndarray) -> Dict[str, np.ndarray]:
-    """``type`` (the name, object array) and ``prob_<type>`` (float64) columns of N nuclei."""
-    names = np.asarray(list(class_names), dtype=object)
-    out = {"type": names[np.asarray(index, np.int64)] if len(index) else np.zeros(0, dtype=object)}
-    probs = np.asarray(probs, np.float64).reshape(len(index), len(class_names))
-    for k, name in enumerate(class_names):
-        out[prob_column(name)] = probs[:, k]
-    return out
-
-
-def type_classifications(class_names: Sequence[str], colors: Sequence[Sequence[int]], index: np.ndarray) -> List[Dict]:
-    """QuPath ``classification`` objects, one a nucleus: ``{"name": type, "color": [r, g, b]}``."""
-    table = [{"name": str(n), "color": [int(v) for v in c]} for n, c in zip(class_names, colors)]
-    return [dict(table[int(i)]) for i in np.asarray(index, np.int64)]
-
-
-def type_summary(types: Sequence, class_names: Sequence[str], area_mm2: Optional[float] = None,
-                 colors: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Dict]:
-    """
-    Per type: ``count``, ``fraction`` of the nuclei, ``density_per_mm2`` (None without an area),
-    and ``color``, from the type name of each nucleus (the table's ``type`` column).
-    """
-    types = np.asarray(list(types), dtype=object)
-    total = len(types)
-    out = {}
-    for k, name in enumerate(class_names):
-        n = int((types == name).sum())
-        out[str(name)] = {
-            "count": n, "fraction": n / total if total else None,
-            "density_per_mm2": n / area_mm2 if area_mm2 else None,
-        }  # fmt: skip
-        if colors is not None:
-            out[str(name)]["color"] = [int(v) for v in colors[k]]
-    return out
-
-
-@dataclass
-class TypedNuclei:
-    """One image's nuclei with types: ``index`` (N,), ``probs`` (N, K), and the measurement
-    ``columns`` computed for the classifier (None when it needs none)."""
-
-    index: np.ndarray
-    probs: np.ndarray
-    columns: Optional[Dict[str, np.ndarray]]
+__all__ = ["TypePredictor", "load_for_model", "type_predictor"]
 
 
 class TypePredictor:
@@ -106,7 +49,7 @@ class TypePredictor:
             if trained and working_mpp and abs(working_mpp / trained - 1) > 0.1:
                 logging.getLogger(__name__).warning(
                     "%s: trained on box features at %.3g um per model-input pixel, this run gives %.3g "
-                    "(image mpp / INPUT.TEST_SCALE); types may be less accurate", source or "type classifier",
+                    "(types.features.working_mpp); types may be less accurate", source or "type classifier",
                     trained, working_mpp)
         if (classifier.needs_measurements or classifier.needs_patches) and not self.mpp:
             raise BadClassifierError(f"{source or 'type classifier'}: uses sizes in micrometres; give the images' "
@@ -120,22 +63,39 @@ class TypePredictor:
     def colors(self):
         return list(self.classifier.colors)
 
+    def model_features(self, instances) -> Optional[Dict[str, np.ndarray]]:
+        """The detections' features of the model the classifier reads (``{"box": ..., "context": ...}``, numpy)."""
+        if not self.classifier.needs_model_features:
+            return None
+        out = {}
+        for kind in self.classifier.features:
+            if kind in MODEL_FEATURES:
+                if not instances.has(MODEL_FEATURES[kind]):
+                    raise RuntimeError(f"the type classifier needs the model's {kind} features: TYPES.BOX_FEATURES True "
+                                       "(and TYPES.CONTEXT_SCALE), without --tta")
+                out[kind] = instances.get(MODEL_FEATURES[kind]).numpy()
+        return out
+
     def classify(self, image_rgb: Optional[np.ndarray], rles: Sequence[Dict],
                  model_features: Optional[Mapping[str, np.ndarray]] = None,
-                 columns: Optional[Mapping[str, np.ndarray]] = None) -> TypedNuclei:
+                 columns: Optional[Mapping[str, np.ndarray]] = None
+                 ) -> Tuple[NucleusClasses, Optional[Dict[str, np.ndarray]]]:
         """
         Types of the nuclei ``rles`` (COCO RLEs in the image's pixels) of ``image_rgb``, given the
         model's features (``{"box": (N, D), "context": (N, D)}``, rows in the order of ``rles``)
         and, optionally, their measurement ``columns`` (else measured here with the classifier's
-        stain method).
+        stain method). Returns the types and the measurement columns (None when the classifier
+        needs none).
         """
         clf = self.classifier
         if (clf.needs_measurements or clf.needs_patches) and columns is None:
             from .detect import measure_selection
 
             columns = measure_selection(np.ascontiguousarray(image_rgb), rles, self.mpp, self.stain)
+        columns = dict(columns) if columns is not None else None
         if not len(rles):
-            return TypedNuclei(np.zeros(0, np.int64), np.zeros((0, len(self.class_names))), columns)
+            return NucleusClasses(self.class_names, self.colors, np.zeros(0, np.int64),
+                                  np.zeros((0, len(self.class_names)))), columns
         patches = None
         if clf.needs_patches:
             from .patches import extract_patches
@@ -144,4 +104,41 @@ class TypePredictor:
             p = clf.recipe["patch"]
             patches = extract_patches(image_rgb, xy, self.mpp, int(p["px"]), float(p["um"]))
         index, probs = clf.predict(model_features, columns, patches)
-        return TypedNuclei(index, probs, dict(columns) if columns is not None else None)
+        return NucleusClasses(self.class_names, self.colors, index, probs), columns
+
+
+def load_for_model(cfg, tta: bool = False):
+    """
+    The classifier of ``cfg.TYPES.CLASSIFIER`` (None without one), loaded before the model so that
+    a bad file is a one-line error, and a copy of ``cfg`` whose model computes the features it
+    reads (``TYPES.BOX_FEATURES``, ``TYPES.CONTEXT_SCALE``; frozen if ``cfg`` was).
+    """
+    if not cfg.TYPES.CLASSIFIER:
+        return None, cfg
+    classifier = TypeClassifier.load(cfg.TYPES.CLASSIFIER)
+    if classifier.needs_model_features:
+        if tta:
+            raise BadClassifierError(f"{cfg.TYPES.CLASSIFIER}: a type classifier of the model's features cannot be "
+                                     "used with --tta")
+        frozen = cfg.is_frozen()
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.TYPES.BOX_FEATURES = True
+        cfg.TYPES.CONTEXT_SCALE = classifier.context_scale
+        if frozen:
+            cfg.freeze()
+    return classifier, cfg
+
+
+def type_predictor(classifier: TypeClassifier, model, cfg, image_mpp: Optional[float], source: str = "") -> TypePredictor:
+    """
+    The :class:`TypePredictor` of a loaded classifier for ``model`` (built from ``cfg``) and images
+    of ``image_mpp`` um/px (None: the model's resolution, ``MODEL.PIXEL_SIZE_UM``).
+    """
+    from ..config import model_mpp
+    from .features import model_fingerprint, working_mpp
+
+    fingerprint = model_fingerprint(model) if classifier.needs_model_features else None
+    mpp = float(image_mpp) if image_mpp else model_mpp(cfg)
+    return TypePredictor(classifier, mpp=mpp, model_fingerprint=fingerprint, working_mpp=working_mpp(cfg, image_mpp),
+                         source=source or cfg.TYPES.CLASSIFIER)

@@ -21,11 +21,11 @@ subtracted (measured against the centres of the nuclei the model segments: BENCH
 numbers); the CSV is in pixel indices already. A point more than half a pixel beyond the image's
 edge is an error naming the file; nearer ones are moved onto the edge (:data:`EDGE_TOLERANCE_PX`).
 
-These readers join the annotation importers of ``d2_nucleus/data`` when those exist (one owner of
-each format's parsing); until then they are the project's only point readers.
+The GeoJSON parsing (features, QuPath class names), the JSON reading, the image beside or under a
+folder and the resolution check are the annotation importers' (:mod:`d2_nucleus.data.importers`):
+one owner of each format.
 """
 import csv
-import json
 import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 POINT_FORMATS = ("crchisto", "qupath", "csv")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 class BadPointsError(ValueError):
@@ -131,44 +130,31 @@ def check_not_empty(xy: np.ndarray, image: str, source: str) -> None:
 
 
 def check_mpp(mpp: Optional[float]) -> Optional[float]:
+    """The images' resolution (None: unknown), checked by the importers' rule."""
+    from ..data.resample import check_mpp as _check
+
     if mpp is None:
         return None
-    if not (np.isfinite(mpp) and mpp > 0):
-        raise BadPointsError(f"mpp must be a positive number of micrometres per pixel, got {mpp}")
-    return float(mpp)
+    try:
+        return _check(mpp, "mpp")
+    except ValueError as e:
+        raise BadPointsError(str(e)) from None
 
 
 # -------------------------------------------------------------------------------------------------
 # QuPath GeoJSON points
 # -------------------------------------------------------------------------------------------------
-def _features(obj, path: str) -> List[Dict]:
-    if isinstance(obj, list):
-        return obj
-    if isinstance(obj, dict) and obj.get("type") == "FeatureCollection":
-        return list(obj.get("features") or [])
-    if isinstance(obj, dict) and obj.get("type") == "Feature":
-        return [obj]
-    raise BadPointsError(f"{path}: not GeoJSON features (expected a FeatureCollection, a Feature or a list of them)")
-
-
-def _class_name(feature: Dict) -> Optional[str]:
-    cls = (feature.get("properties") or {}).get("classification")
-    if isinstance(cls, dict):
-        name = cls.get("name")
-        if name is None and isinstance(cls.get("names"), list):
-            name = ": ".join(str(n) for n in cls["names"])
-        return str(name) if name not in (None, "") else None
-    return str(cls) if isinstance(cls, str) and cls else None
-
-
 def _parse_qupath(path: str) -> Tuple[np.ndarray, List[Optional[str]]]:
+    from ..data.importers.geojson import class_name, geojson_features
+    from ..data.importers.source import read_json
+    from ..data.raw import RawDataError
+
     try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise BadPointsError(f"{path}: not a readable GeoJSON file: {' '.join(str(e).split())}") from None
+        features = geojson_features(read_json(path), path)
+    except RawDataError as e:
+        raise BadPointsError(str(e)) from None
     xy, names = [], []
-    for i, feature in enumerate(_features(obj, path)):
+    for i, feature in enumerate(features):
         if not isinstance(feature, dict):
             raise BadPointsError(f"{path}: feature {i} is not an object")
         geometry = feature.get("geometry") or {}
@@ -181,7 +167,7 @@ def _parse_qupath(path: str) -> Tuple[np.ndarray, List[Optional[str]]]:
         except (TypeError, ValueError):
             raise BadPointsError(f"{path}: feature {i}: {kind} coordinates are not numbers [x, y]") from None
         xy.append(arr)
-        names += [_class_name(feature)] * len(arr)
+        names += [class_name(feature.get("properties"))] * len(arr)
     xy = np.concatenate(xy) if xy else np.zeros((0, 2))
     return xy - 0.5, names  # QuPath: pixel (0, 0) covers [0, 1)
 
@@ -194,15 +180,23 @@ def _label(names: Sequence[Optional[str]], classes: Sequence[str], source: str) 
     return np.array([index[n] if n is not None else -1 for n in names], np.int64)
 
 
-def _images_by_stem(images_dir: str) -> Dict[str, str]:
-    if not os.path.isdir(images_dir):
-        raise BadPointsError(f"{images_dir}: images folder does not exist")
-    found = {}
-    for name in sorted(os.listdir(images_dir)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-            found.setdefault(stem, os.path.join(images_dir, name))
-    return found
+class _Images:
+    """The image of each stem under ``images_dir`` (:class:`d2_nucleus.data.importers.source.ImageFinder`)."""
+
+    def __init__(self, images_dir: str, exclude=()):
+        from ..data.importers.source import ImageFinder
+        from ..data.raw import RawDataError
+
+        if not os.path.isdir(images_dir):
+            raise BadPointsError(f"{images_dir}: images folder does not exist")
+        self._error = RawDataError
+        self._finder = ImageFinder(images_dir, exclude=exclude)
+
+    def find(self, stem: str, source: str, where: str = "") -> str:
+        try:
+            return self._finder.find(stem, source)
+        except self._error as e:
+            raise BadPointsError(f"{source}{where}: {e.problem}") from None
 
 
 def _finish(per_image: Dict[str, Tuple[np.ndarray, List[Optional[str]], str]], classes, mpp) -> List[PointAnnotations]:
@@ -234,19 +228,15 @@ def read_qupath_points(points_dir: str, images_dir: str, classes: Optional[Seque
         mpp: the images' resolution in um/px.
     """
     mpp = check_mpp(mpp)
-    images = _images_by_stem(images_dir)
     if not os.path.isdir(points_dir):
         raise BadPointsError(f"{points_dir}: points folder does not exist")
+    files = [os.path.join(points_dir, n) for n in sorted(os.listdir(points_dir))
+             if os.path.splitext(n)[1].lower() in (".geojson", ".json") and not n.startswith(".")]
+    images = _Images(images_dir, exclude=files)
     per_image = {}
-    for name in sorted(os.listdir(points_dir)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in (".geojson", ".json") or name.startswith("."):
-            continue
-        path = os.path.join(points_dir, name)
-        if stem not in images:
-            raise BadPointsError(f"{path}: no image {stem}.* in {images_dir}")
+    for path in files:
         xy, names = _parse_qupath(path)
-        per_image[images[stem]] = (xy, names, path)
+        per_image[images.find(os.path.splitext(os.path.basename(path))[0], path)] = (xy, names, path)
     if not per_image:
         raise BadPointsError(f"{points_dir}: no .geojson point files")
     return _finish(per_image, classes, mpp)
@@ -262,8 +252,10 @@ def read_points_csv(path: str, images_dir: str, classes: Optional[Sequence[str]]
     a file name in ``images_dir`` (or its stem), ``x``, ``y`` pixel indices, ``class`` a name or
     empty (no class). ``classes`` and ``mpp`` as :func:`read_qupath_points`.
     """
+    from ..data.importers.source import IMAGE_EXTENSIONS
+
     mpp = check_mpp(mpp)
-    images = _images_by_stem(images_dir)
+    images = _Images(images_dir, exclude=[path])
     per_image: Dict[str, Tuple[List, List, str]] = {}
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -274,13 +266,12 @@ def read_points_csv(path: str, images_dir: str, classes: Optional[Sequence[str]]
             for line, row in enumerate(reader, start=2):
                 name = (row["image"] or "").strip()
                 stem = os.path.splitext(name)[0] if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS else name
-                if stem not in images:
-                    raise BadPointsError(f"{path}, line {line}: no image {name!r} in {images_dir}")
+                image = images.find(stem, path, f", line {line}")
                 try:
                     x, y = float(row["x"]), float(row["y"])
                 except (TypeError, ValueError):
                     raise BadPointsError(f"{path}, line {line}: x and y must be numbers") from None
-                entry = per_image.setdefault(images[stem], ([], [], path))
+                entry = per_image.setdefault(image, ([], [], path))
                 entry[0].append((x, y))
                 entry[1].append((row["class"] or "").strip() or None)
     except (OSError, UnicodeDecodeError, csv.Error) as e:

@@ -9,6 +9,8 @@ when the caller says so (``--overwrite``).
 * :func:`output_transaction`: several files (e.g. one overlay per image and answer.json), all or
   none: while it is active, :func:`atomic_write` keeps each finished file under its temporary
   name, and the transaction renames them all at its end, or deletes them all on an error.
+* :func:`check_not_input`: no output is one of the run's inputs (or a folder holding one), after
+  resolving symlinks; ``--overwrite`` never overrides it. Every CLI that writes calls it first.
 * Temporary names are ``.<target>.d2tmp-<pid>-<random>.tmp`` (hidden, beside the target). A run
   killed with SIGKILL cannot clean up; the next write into the same folder removes the temporary
   files of processes that no longer run (:func:`remove_stale_temps`), so they neither block nor
@@ -21,20 +23,12 @@ import re
 import shutil
 import tempfile
 import threading
-from typing import Iterator, List, Optional, Tuple
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 __all__ = [
-    "OutputExistsError",
-    "check_target",
-    "check_writable",
-    "atomic_write",
-    "atomic_write_text",
-    "atomic_write_json",
-    "atomic_output_dir",
-    "link_or_copy",
-    "check_writable_dir",
-    "output_transaction",
-    "remove_stale_temps",
+    "OutputExistsError", "OutputIsInputError", "check_not_input", "check_target", "check_writable",
+    "atomic_write", "atomic_write_text", "atomic_write_json", "atomic_output_dir", "link_or_copy",
+    "check_writable_dir", "output_transaction", "remove_stale_temps",
 ]
 
 _TEMP_TAG = "d2tmp"
@@ -107,6 +101,54 @@ def _clean_once(folder: str) -> None:
 
 class OutputExistsError(FileExistsError):
     """An output exists and overwriting was not asked for."""
+
+
+class OutputIsInputError(ValueError):
+    """An output would be (or replace a folder holding) one of the run's inputs, or another output."""
+
+
+def _parents(path: str) -> Iterator[str]:
+    while os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+        yield path
+
+
+def check_not_input(outputs: Iterable[Optional[str]], inputs: Iterable[Optional[str]], outside: bool = False) -> None:
+    """
+    Refuse, before anything is written, an output that is one of the run's ``inputs`` (files and
+    folders it reads) once symlinks are resolved (``os.path.realpath``), or a folder holding one.
+    ``outputs``: every file the run writes and each folder it replaces or deletes as a whole (not
+    a folder it writes files into: give those files), no two the same file. None entries are
+    skipped. No flag overrides this: callers check it before :func:`check_writable` (whose refusal
+    suggests ``--overwrite``). ``outside``: no output inside an input folder either (a dataset made
+    from a raw one is kept apart from it).
+
+    Raises:
+        OutputIsInputError: one line naming the output and the input.
+    """
+    exact, holders = {}, {}  # realpath of an input -> it; realpath of each folder above one -> it
+    for given in (p for p in inputs if p and "://" not in p):  # a URL (weights) is not a file here
+        exact.setdefault(os.path.realpath(given), given)
+        for parent in _parents(os.path.realpath(given)):
+            holders.setdefault(parent, given)
+    seen = {}
+    for out in filter(None, outputs):
+        real = os.path.realpath(out)
+        if real in seen:
+            other = f" (also {seen[real]})" if seen[real] != out else ""
+            raise OutputIsInputError(f"two outputs would be the same file {out}{other}: choose other outputs")
+        seen[real] = out
+        inside = next((exact[p] for p in _parents(real) if p in exact), None) if outside else None
+        if real in exact:
+            what, given = "is the input", exact[real] + (f" (both are {real})" if real not in (out, exact[real]) else "")
+        elif real in holders:
+            what, given = "would replace the folder holding the input", holders[real]
+        elif inside:
+            what, given = "would be inside the input", inside
+        else:
+            continue
+        raise OutputIsInputError(f"output {out} {what} {given}: choose another output (no flag lets an output "
+                                 "replace an input)")
 
 
 def _exists(path: str) -> bool:
@@ -275,12 +317,20 @@ def atomic_write(path: str, overwrite: bool = False, mode: str = "wb"):
         os.replace(tmp, path)
         with _lock:
             _live_temps.discard(tmp)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         with _lock:
             _live_temps.discard(tmp)
+        _raise_naming(e, path)
         raise
+
+
+def _raise_naming(e: BaseException, path: str) -> None:
+    """An OSError of writing (ENOSPC "No space left on device", EDQUOT, EIO, EFBIG, ...) that names
+    no file is raised again naming ``path``: the user learns which output did not fit."""
+    if isinstance(e, OSError) and e.errno and not e.filename and not isinstance(e, OutputExistsError):
+        raise OSError(e.errno, f"{path}: {e.strerror or os.strerror(e.errno)} (writing it; nothing was written)") from None
 
 
 def atomic_write_text(path: str, text: str, overwrite: bool = False) -> None:
@@ -329,8 +379,9 @@ def atomic_output_dir(path: str, overwrite: bool = False) -> Iterator[str]:
                 shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_naming(e, path)
         raise
     finally:
         with _lock:

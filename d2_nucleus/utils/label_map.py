@@ -5,7 +5,7 @@ and from Detectron2 dataset annotations.
 
 Memory is O(H*W) whatever the number of instances: masks are painted one at a time, straight
 from their run-length encoding, so N x H x W masks never exist. pycocotools can only decode an
-RLE into a full H x W array (about 0.5 ms per mask at 1000 x 1000, 1.5 s for 3000 detections);
+RLE into a full H x W array (BENCHMARKS.md "Evaluation": 12x slower for 2,000 detections);
 painting the runs of the compressed RLE directly touches only the mask's own pixels.
 """
 from typing import Dict, List, Optional, Sequence, Union

@@ -156,8 +156,8 @@ def to_compressed_rle(segmentation, height: int, width: int) -> RLE:
 def rle_pixels(rle: RLE) -> np.ndarray:
     """
     Column-major pixel indices (``x * height + y``) of the foreground of a COCO RLE, in
-    increasing order: O(mask area), where ``decode`` is O(H * W) (about 0.5 ms a mask at
-    1000 x 1000, 1.5 s for 3,000 detections; measured in bench/bench_evaluation.py).
+    increasing order: O(mask area), where ``decode`` is O(H * W) (bench/bench_evaluation.py;
+    BENCHMARKS.md "Evaluation").
 
     Raises:
         ValueError: the run lengths do not sum to height x width.
@@ -251,7 +251,7 @@ def encode_box_masks(masks: np.ndarray, origins, image_shape) -> List[RLE]:
     origins = np.asarray(origins).reshape(-1, 2)
     if masks.ndim != 3 or len(masks) != len(origins):
         raise ValueError(f"need k x h x w masks for k origins, got {masks.shape} for {len(origins)}")
-    if len(masks) == 1:  # one mask (data preparation, a mask a call): 2.5x faster this way
+    if len(masks) == 1:  # one mask (data preparation, a mask a call): faster this way (BENCHMARKS.md)
         return [_encode_one_box_mask(masks[0], int(origins[0, 0]), int(origins[0, 1]), image_shape)]
     return encode_box_masks_batched([(np.arange(len(masks)), masks, origins)], len(masks), image_shape)
 
