@@ -10,8 +10,8 @@ classes' names and colours, and writes them as
   (:meth:`~NucleusClasses.classifications`, :meth:`~NucleusClasses.qupath_measurements`);
 * an overlay's outline colours and legend (:meth:`~NucleusClasses.label_colors`,
   :meth:`~NucleusClasses.legend`);
-* counts, fractions and density per mm^2 of each class (:func:`class_summary`, from a table's
-  ``type`` column, so that a slide summarises its whole table).
+* counts, fractions and density per mm^2 of each class (:func:`class_summary` from a table's
+  ``type`` column, :func:`class_count_summary` from counts, as a slide streams its nuclei).
 """
 import re
 from dataclasses import dataclass
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["NucleusClasses", "class_summary", "prob_column"]
+__all__ = ["NucleusClasses", "class_count_summary", "class_summary", "prob_column"]
 
 RGB = Tuple[int, int, int]
 
@@ -29,22 +29,29 @@ def prob_column(name: str) -> str:
     return "prob_" + (re.sub(r"[^0-9A-Za-z]+", "_", str(name)).strip("_") or "type")
 
 
-def class_summary(types: Sequence, class_names: Sequence[str], area_mm2: Optional[float] = None,
-                  colors: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Dict]:
+def class_count_summary(counts: Sequence[int], class_names: Sequence[str], area_mm2: Optional[float] = None,
+                        colors: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Dict]:
     """
-    Per class: ``count``, ``fraction`` of the nuclei, ``density_per_mm2`` (None without an area)
-    and ``color``, from the class name of each nucleus (a table's ``type`` column).
+    Per class: ``count`` (``counts[k]``), ``fraction`` of the nuclei, ``density_per_mm2`` (None
+    without an area) and ``color``.
     """
-    types = np.asarray(list(types), dtype=object)
-    total = len(types)
+    counts = [int(c) for c in counts]
+    total = sum(counts)
     out = {}
     for k, name in enumerate(class_names):
-        n = int((types == name).sum())
+        n = counts[k]
         out[str(name)] = {"count": n, "fraction": n / total if total else None,
                           "density_per_mm2": n / area_mm2 if area_mm2 else None}
         if colors is not None:
             out[str(name)]["color"] = [int(v) for v in colors[k]]
     return out
+
+
+def class_summary(types: Sequence, class_names: Sequence[str], area_mm2: Optional[float] = None,
+                  colors: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Dict]:
+    """:func:`class_count_summary` from the class name of each nucleus (a table's ``type`` column)."""
+    types = np.asarray(list(types), dtype=object)
+    return class_count_summary([int((types == name).sum()) for name in class_names], class_names, area_mm2, colors)
 
 
 @dataclass

@@ -76,24 +76,26 @@ class TypePredictor:
                 out[kind] = instances.get(MODEL_FEATURES[kind]).numpy()
         return out
 
-    def classify(self, image_rgb: Optional[np.ndarray], rles: Sequence[Dict],
+    def classify(self, image_rgb: Optional[np.ndarray], rles: Optional[Sequence[Dict]],
                  model_features: Optional[Mapping[str, np.ndarray]] = None,
-                 columns: Optional[Mapping[str, np.ndarray]] = None
+                 columns: Optional[Mapping[str, np.ndarray]] = None, num: Optional[int] = None
                  ) -> Tuple[NucleusClasses, Optional[Dict[str, np.ndarray]]]:
         """
-        Types of the nuclei ``rles`` (COCO RLEs in the image's pixels) of ``image_rgb``, given the
-        model's features (``{"box": (N, D), "context": (N, D)}``, rows in the order of ``rles``)
-        and, optionally, their measurement ``columns`` (else measured here with the classifier's
-        stain method). Returns the types and the measurement columns (None when the classifier
-        needs none).
+        Types of N nuclei of ``image_rgb``: ``rles`` (COCO RLEs in the image's pixels; measured
+        here with the classifier's stain method when it needs measurements and ``columns`` are
+        not given), the model's features (``{"box": (N, D), "context": (N, D)}``, rows in the
+        nuclei's order) and their measurement ``columns`` (centroids in the image's pixels).
+        ``num``: N when ``rles`` is None. Returns the types and the measurement columns (None when
+        the classifier needs none).
         """
         clf = self.classifier
+        n = len(rles) if rles is not None else int(num)
         if (clf.needs_measurements or clf.needs_patches) and columns is None:
             from .detect import measure_selection
 
             columns = measure_selection(np.ascontiguousarray(image_rgb), rles, self.mpp, self.stain)
         columns = dict(columns) if columns is not None else None
-        if not len(rles):
+        if not n:
             return NucleusClasses(self.class_names, self.colors, np.zeros(0, np.int64),
                                   np.zeros((0, len(self.class_names)))), columns
         patches = None
@@ -138,6 +140,9 @@ def type_predictor(classifier: TypeClassifier, model, cfg, image_mpp: Optional[f
     from ..config import model_mpp
     from .features import model_fingerprint, working_mpp
 
+    if classifier.needs_model_features and model is None:
+        raise BadClassifierError(f"{source or cfg.TYPES.CLASSIFIER}: reads the segmentation model's features, and "
+                                 "this predictor has no model")
     fingerprint = model_fingerprint(model) if classifier.needs_model_features else None
     mpp = float(image_mpp) if image_mpp else model_mpp(cfg)
     return TypePredictor(classifier, mpp=mpp, model_fingerprint=fingerprint, working_mpp=working_mpp(cfg, image_mpp),
