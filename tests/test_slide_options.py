@@ -9,6 +9,7 @@ import os
 
 import cv2
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -37,20 +38,38 @@ def slide_data(tmp_path_factory):
     mask = np.zeros((50, 56), np.uint8)
     mask[:, :30] = 255  # the left half is "tissue"
     cv2.imwrite(str(root / "mask.png"), mask)
-    return {"root": root, "weights": weights, "slide": str(slide), "mask": str(root / "mask.png")}
+    return {"root": root, "weights": weights, "slide": str(slide), "mask": str(root / "mask.png"),
+            "types": _type_classifier(weights, root / "types.npz")}
+
+
+def _type_classifier(weights, path):
+    """A classifier of the model's box and context features and the measurements, trained on random rows."""
+    from d2_nucleus.engine import NucleusPredictor
+    from d2_nucleus.types.features import MEASUREMENT_FEATURES, model_fingerprint
+    from d2_nucleus.types.training import fit_classifier, make_recipe
+
+    cfg = get_nucleus_cfg(DEMO_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", weights])
+    dim = cfg.MODEL.ROI_BOX_HEAD.FC_DIM
+    recipe = make_recipe(["box", "context", "measurements"], dim, model_fingerprint(NucleusPredictor(cfg).model), 0.2,
+                         "ruifrok", context_scale=3.0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2 * dim + len(MEASUREMENT_FEATURES)))
+    fit_classifier(x, (x[:, 0] > 0).astype(np.int64), ["a", "b"], [(1, 2, 3), (4, 5, 6)], recipe, hidden_dim=8,
+                   epochs=2).save(str(path))
+    return str(path)
 
 
 # Two sets of flags that between them give every slide flag a non-default value, and what each
 # must change in the outputs.
 SETS = {
     "a": (["--tile-size", "256", "--overlap", "32", "--batch-size", "1", "--mpp", "0.26", "--model-mpp", "0.26",
-           "--score-thresh", "0.0", "--no-tissue-mask", "--csv", "--stain", "macenko"],
+           "--score-thresh", "0.0", "--no-tissue-mask", "--csv", "--stain", "macenko", "--types", "{types}"],
           {"tile_size": 256, "overlap": 32, "batch_size": 1, "mpp": [0.26, 0.26], "model_mpp": 0.26,
-           "score_thresh": 0.0, "tissue": "off", "stain": "macenko"}),
+           "score_thresh": 0.0, "tissue": "off", "stain": "macenko", "type_classifier": "{types}"}),
     "b": (["--tile-size", "320", "--overlap", "48", "--batch-size", "2", "--score-thresh", "0.2",
            "--tissue-mask", "{mask}", "--no-measurements"],
           {"tile_size": 320, "overlap": 48, "batch_size": 2, "mpp": [0.252, 0.252], "model_mpp": 0.25,
-           "score_thresh": 0.2, "tissue": "mask {mask}", "measurements": None, "stain": None}),
+           "score_thresh": 0.2, "tissue": "mask {mask}", "measurements": None, "stain": None, "types": None}),
 }
 
 
@@ -77,7 +96,7 @@ def _run(tool, slide_data, out, args, extra=()):
 @pytest.mark.parametrize("name", sorted(SETS))
 def test_every_flag_takes_effect_in_every_entry_point(slide_data, tmp_path, name):
     args, expected = SETS[name]
-    args = [a.format(mask=slide_data["mask"]) for a in args]
+    args = [a.format(mask=slide_data["mask"], types=slide_data["types"]) for a in args]
     outputs = {}
     for tool in ENTRY_POINTS:
         out = tmp_path / tool
@@ -85,12 +104,17 @@ def test_every_flag_takes_effect_in_every_entry_point(slide_data, tmp_path, name
         with open(out / "case.summary.json") as f:
             summary = json.load(f)
         for key, value in expected.items():
-            value = value.format(mask=slide_data["mask"]) if isinstance(value, str) else value
+            value = value.format(mask=slide_data["mask"], types=slide_data["types"]) if isinstance(value, str) else value
             assert summary[key] == pytest.approx(value) if isinstance(value, (int, float, list)) else summary[key] == value, (
                 tool, key, summary[key], value)
         assert summary["device"] == "cpu" and summary["weights"] == slide_data["weights"]
         assert os.path.isfile(out / "case.csv") == ("--csv" in args), tool
         assert os.path.isfile(out / "case.measurements.png") == ("--no-measurements" not in args), tool
+        typed = "--types" in args
+        assert ("type" in pq.read_schema(out / "case.parquet").names) == typed, tool
+        assert (summary["types"] is not None and summary["nuclei"] > 0
+                and sum(t["count"] for t in summary["types"].values()) == summary["nuclei"]
+                ) if typed else summary["types"] is None, tool
         outputs[tool] = {n: (out / n).read_bytes() for n in ("case.geojson", "case.parquet", "case.overview.png")}
         outputs[tool]["config_sha256"] = summary["config_sha256"]
     assert outputs["segment_slides"] == outputs["segment_cluster"]

@@ -58,6 +58,10 @@ def get_parser():
     p.add_argument("--stain", choices=("ruifrok", "macenko"), default="ruifrok",
                    help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, "
                    "or estimated per image by Macenko's method (default: ruifrok)")
+    p.add_argument("--types", default=None, metavar="FILE",
+                   help="nucleus type classifier (tools/train_types.py) applied to every exported nucleus: "
+                   "type and probability columns, per-type summary, QuPath classes, type-coloured overlays "
+                   "(default: TYPES.CLASSIFIER; answer.json keeps one class)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images and list them at the end")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -74,6 +78,8 @@ def setup_cfg(args):
         cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.score_thresh
     if args.max_dets is not None:
         cfg.TEST.DETECTIONS_PER_IMAGE = args.max_dets
+    if args.types is not None:
+        cfg.TYPES.CLASSIFIER = args.types
     cfg.freeze()
     return cfg
 
@@ -86,6 +92,7 @@ def main(argv=None):
     from d2_nucleus.config import model_mpp
     from d2_nucleus.engine import NucleusPredictor, check_outputs, list_inputs, run_prediction, unlisted_images
     from d2_nucleus.modeling.cpu.malloc import tune_process
+    from d2_nucleus.types.outputs import load_for_model, type_predictor
     from d2_nucleus.utils.file_io import output_transaction
 
     try:
@@ -107,9 +114,11 @@ def main(argv=None):
         # exist or cannot be written.
         check_outputs(items, args.output, zip_path, args.vis_dir, args.geojson_dir, args.labels_dir,
                       args.label_format, args.overwrite, measurements,
-                      inputs=[args.input, args.ids, args.config_file, cfg.MODEL.WEIGHTS])
+                      inputs=[args.input, args.ids, args.config_file, cfg.MODEL.WEIGHTS, cfg.TYPES.CLASSIFIER])
+        classifier, cfg = load_for_model(cfg, args.tta)  # one-line error for a bad classifier file
         tune_process(cfg)
         predictor = NucleusPredictor(cfg, tta=args.tta, batch_size=args.batch_size)
+        types = type_predictor(classifier, predictor.model, cfg, args.mpp) if classifier else None
         export_thresh = args.export_score_thresh
         if export_thresh is None:
             export_thresh = cfg.TEST.LABEL_MAP_SCORE_THRESH
@@ -131,6 +140,7 @@ def main(argv=None):
                 measurements=measurements,
                 mpp=args.mpp,
                 left_out=left_out,
+                types=types,
             )
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         print(f"predict: error: {e}", file=sys.stderr)

@@ -16,6 +16,7 @@ from .defaults import add_nucleus_config
 from .errors import ConfigError
 from .legacy import translate_legacy_list
 from .slide import add_slide_config
+from .types import add_types_config
 from .yaml_io import load_config_yaml
 
 __all__ = ["ConfigError", "add_all_config", "check_device", "get_inference_cfg", "get_nucleus_cfg",
@@ -30,6 +31,7 @@ def add_all_config(cfg):
     add_nucleus_config(cfg)
     add_cpu_config(cfg)
     add_slide_config(cfg)
+    add_types_config(cfg)
     return cfg
 
 

@@ -106,6 +106,7 @@ def run_prediction(
     measurements=None,
     mpp: Optional[float] = None,
     left_out: Sequence[str] = (),
+    types=None,
 ) -> PredictionSummary:
     """
     Predict ``items`` and write the results.
@@ -129,6 +130,9 @@ def run_prediction(
             are resized to the model's for detection, outputs stay in their pixels.
         left_out: images of the input folder not in ``items`` (``--ids`` with ``--subset``),
             named in the summary.
+        types: a :class:`d2_nucleus.types.outputs.TypePredictor`: a nucleus type for every
+            exported detection, in the table, summary, figure, GeoJSON and overlay (see
+            :func:`write_image_outputs`); answer.json keeps the model's single class.
 
     Every file is complete or absent: each is written to a temporary file and renamed, and
     answer.json / answer.zip are written only after all images succeed. Existing outputs
@@ -186,6 +190,7 @@ def run_prediction(
                 export_score_thresh, label_format, overwrite,
                 measurements=measurements, stem=item.stem, image_name=os.path.basename(item.path),
                 min_visible=float(predictor.cfg.TEST.LABEL_MAP_MIN_VISIBLE),
+                types=types, model_features=types.model_features(instances) if types is not None else None,
             )
             for path in written:
                 folder = os.path.dirname(path)

@@ -172,16 +172,18 @@ def detection_feature(
     score: Optional[float] = None,
     class_name: str = "Nucleus",
     measurements: Optional[Dict[str, float]] = None,
+    color: Optional[Sequence[int]] = None,
 ) -> Dict:
     """
     One QuPath detection: a Feature with ``geometry`` (:func:`mask_to_geometry`: a Polygon or
     MultiPolygon in pixel coordinates),
-    ``properties`` = {"objectType": "detection", "classification": {"name": class_name, ...},
-    "measurements": {"Detection score": score, **measurements}}.
+    ``properties`` = {"objectType": "detection", "classification": {"name": class_name, "color":
+    color (RGB; default QuPath's Nucleus colour)}, "measurements": {"Detection score": score,
+    **measurements}}.
     """
     properties = {
         "objectType": "detection",
-        "classification": {"name": class_name, "color": _NUCLEUS_COLOR},
+        "classification": {"name": class_name, "color": [int(v) for v in color] if color is not None else _NUCLEUS_COLOR},
         "isLocked": False,
     }
     values = {} if score is None else {"Detection score": float(score)}
@@ -201,13 +203,15 @@ def rles_to_geojson(
     scores: Optional[Sequence[float]] = None,
     class_name: str = "Nucleus",
     measurements: Optional[Sequence[Dict[str, float]]] = None,
+    classifications: Optional[Sequence[Dict]] = None,
 ) -> Dict:
     """
     A GeoJSON FeatureCollection with one QuPath detection per non-empty mask: the mask's pixels as
     a Polygon (MultiPolygon for a mask in several parts; :func:`mask_to_geometry`), ``properties`` = {"objectType": "detection",
     "classification": {"name": class_name, ...}, "measurements": {"Detection score": s}}.
     Empty masks are skipped. ``measurements[i]`` (QuPath names -> values, see
-    :mod:`d2_nucleus.measurements.qupath`) is added to the i-th detection's measurements.
+    :mod:`d2_nucleus.measurements.qupath`) is added to the i-th detection's measurements;
+    ``classifications[i]`` (``{"name", "color"}``, e.g. its nucleus type) replaces its class.
     """
     features = []
     for i, rle in enumerate(rles):
@@ -218,7 +222,8 @@ def rles_to_geojson(
         feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{i}/{rle['counts']!s}"))
         score = float(scores[i]) if scores is not None else None
         extra = measurements[i] if measurements is not None else None
-        features.append(detection_feature(mask_to_geometry(*crop), feature_id, score, class_name, extra))
+        cls = classifications[i] if classifications is not None else {"name": class_name, "color": None}
+        features.append(detection_feature(mask_to_geometry(*crop), feature_id, score, cls["name"], extra, cls["color"]))
     return {"type": "FeatureCollection", "features": features}
 
 

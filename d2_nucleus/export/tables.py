@@ -39,6 +39,9 @@ equivalent_diameter_px, _um     float64  diameter of the circle of the same area
 hematoxylin_od_mean, _std       float64  haematoxylin optical density (colour deconvolution) over
                                          the mask; ``eosin_od_mean``, ``eosin_od_std`` likewise
 red_mean, green_mean, blue_mean float64  mean RGB over the mask (the image's scale, 0-255 for 8 bits)
+type                            string   nucleus type (with a type classifier, d2_nucleus.types)
+prob_<type>                     float64  the classifier's probability of each type (one column a
+                                         type, after the documented ones; names: types.outputs)
 ==============================  =======  ========================================================
 """
 import contextlib
@@ -91,10 +94,11 @@ TABLE_COLUMNS: Dict[str, pa.DataType] = {
     "red_mean": _F8,
     "green_mean": _F8,
     "blue_mean": _F8,
+    "type": pa.string(),
 }
 
-# The schema of a table with every documented column (what an empty table is written with).
-TABLE_SCHEMA = pa.schema(list(TABLE_COLUMNS.items()))
+# The schema of a table with every documented column but the type's (what an empty table is written with).
+TABLE_SCHEMA = pa.schema([(k, t) for k, t in TABLE_COLUMNS.items() if k != "type"])
 
 Batch = Union[Mapping[str, Union[np.ndarray, Sequence]], pa.Table]
 

@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ..export.classes import NucleusClasses
 from ..export.tables import write_table
 from ..utils.file_io import atomic_write_json, check_writable
 from .figure import write_distributions
@@ -73,28 +74,41 @@ class MeasurementWriter:
         scores: Sequence[float],
         image_name: Optional[str] = None,
         overwrite: bool = False,
+        columns: Optional[Dict[str, np.ndarray]] = None,
+        classes: Optional[NucleusClasses] = None,
     ) -> Dict:
         """
         Measure the nuclei (COCO RLEs of the image, in its pixels) and write the outputs.
+
+        Args:
+            columns: their measurements when already computed (with this writer's mpp and stain).
+            classes: the nuclei's types (e.g. of :mod:`d2_nucleus.types`): the table's ``type``
+                and ``prob_<type>`` columns, per-type counts, fractions and densities in the
+                summary (``types``), the figure's histograms stacked by type.
 
         Returns:
             {"columns": the table's columns, "qupath": one QuPath measurement dict a nucleus,
             "written": the paths written}.
         """
-        boxes = BoxMasks.from_rles(rles)
+        n = len(rles)
         stain = self.stain
         try:
             rgb_from_stain = image_stain_matrix(image_rgb, stain)
         except ValueError as e:  # Macenko on an image without enough stained pixels
             logger.warning("%s: %s; using the Ruifrok-Johnston stain vectors", stem, e)
             stain, rgb_from_stain = "ruifrok", image_stain_matrix(image_rgb, "ruifrok")
+        measured = columns
         columns = {
-            "id": np.arange(len(boxes), dtype=np.int64),
-            "image": np.array([image_name or stem] * len(boxes), dtype=object),
-            "tile": np.full(len(boxes), -1, dtype=np.int64),
+            "id": np.arange(n, dtype=np.int64),
+            "image": np.array([image_name or stem] * n, dtype=object),
+            "tile": np.full(n, -1, dtype=np.int64),
             "score": np.asarray(scores, dtype=np.float64).reshape(-1),
         }
-        columns.update(measure_nuclei(boxes, image_rgb, mpp=self.mpp, rgb_from_stain=rgb_from_stain))
+        if measured is None:
+            measured = measure_nuclei(BoxMasks.from_rles(rles), image_rgb, mpp=self.mpp, rgb_from_stain=rgb_from_stain)
+        columns.update(measured)
+        if classes is not None:
+            columns.update(classes.columns())
         paths = self.paths(stem)
         write_table(columns, paths["table"], csv_path=paths["csv"], overwrite=overwrite)
         height, width = image_rgb.shape[:2]
@@ -102,7 +116,10 @@ class MeasurementWriter:
         if stain != "ruifrok":
             extra["stain_vectors"] = np.asarray(rgb_from_stain).round(6).tolist()
         summary = summarize(columns, mpp=self.mpp, image_area_px=float(height * width), extra=extra)
+        if classes is not None:
+            summary["types"] = classes.summary(summary["area_mm2"])
         atomic_write_json(paths["summary"], summary, overwrite=overwrite)
-        write_distributions(columns, paths["figure"], title=image_name or stem, overwrite=overwrite)
+        write_distributions(columns, paths["figure"], title=image_name or stem, overwrite=overwrite,
+                            type_colors=classes.color_map if classes is not None else None)
         written: List[str] = [p for p in paths.values() if p]
         return {"columns": columns, "qupath": qupath_measurements(columns, self.mpp), "written": written}

@@ -13,6 +13,7 @@ from .cpu import CPUOptions, apply_cpu_options, roi_heads_features
 from .float32_heads import convert_box_predictors
 from .frozen_group_norm import convert_frozen_group_norms
 from .maskness import maskness_rescore
+from .nucleus_features import add_box_features, box_feature_scales
 from .postprocessing import nucleus_postprocess
 
 __all__ = ["NucleusRCNN"]
@@ -55,7 +56,7 @@ class NucleusRCNN(GeneralizedRCNN):
     @configurable
     def __init__(self, *, mask_threshold: float = 0.5, mask_chunk_size: int = 0, channels_last: bool = False,
                  maskness_power: float = 0.0, float32_box_predictor: bool = True, frozen_group_norm: bool = False,
-                 cpu_options: Optional[CPUOptions] = None, **kwargs):
+                 cpu_options: Optional[CPUOptions] = None, box_features: tuple = (), **kwargs):
         """
         Args:
             mask_threshold: binarisation threshold of the mask probabilities.
@@ -72,6 +73,9 @@ class NucleusRCNN(GeneralizedRCNN):
                 so a nucleus's features do not depend on the rest of the input (whole-slide tiles).
             cpu_options: the CPU speed options (``MODEL.CPU``; :func:`apply_cpu_options`);
                 None: none, Detectron2's kernels.
+            box_features: at inference each detection gets the box head's features of its box
+                scaled by each of these factors (``box_features``, ``context_features``:
+                :func:`add_box_features`; () none; needs ``mask_chunk_size`` > 0).
             kwargs: the arguments of :class:`GeneralizedRCNN`.
 
         None of these changes a parameter or a state-dict key: checkpoints load either way.
@@ -82,6 +86,9 @@ class NucleusRCNN(GeneralizedRCNN):
         self.mask_threshold = mask_threshold
         self.maskness_power = maskness_power
         self.mask_chunk_size = mask_chunk_size
+        self.box_features = tuple(box_features)
+        if box_features and mask_chunk_size <= 0:
+            raise ValueError("TYPES.BOX_FEATURES needs TEST.MASK_HEAD_CHUNK_SIZE > 0")
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -100,6 +107,7 @@ class NucleusRCNN(GeneralizedRCNN):
         ret["float32_box_predictor"] = cfg.MODEL.ROI_BOX_HEAD.FLOAT32_PREDICTOR
         ret["frozen_group_norm"] = cfg.MODEL.FROZEN_GROUP_NORM
         ret["cpu_options"] = CPUOptions.from_config(cfg)
+        ret["box_features"] = box_feature_scales(cfg)
         return ret
 
     def preprocess_image(self, batched_inputs: List[Dict[str, torch.Tensor]]):
@@ -136,6 +144,8 @@ class NucleusRCNN(GeneralizedRCNN):
             else:
                 results = [x.to(self.device) for x in detected_instances]
             results = self._forward_with_given_boxes_chunked(features, results)
+            if self.box_features:
+                add_box_features(self.roi_heads, features, results, self.mask_chunk_size, self.box_features)
         if self.maskness_power > 0:
             maskness_rescore(results, self.mask_threshold, self.maskness_power)
         if not do_postprocess:

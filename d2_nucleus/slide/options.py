@@ -24,6 +24,7 @@ FLAG_KEYS: Dict[str, Tuple[str, Callable]] = {
     "csv": ("SLIDE.CSV", bool),
     "no_measurements": ("SLIDE.MEASUREMENTS.ENABLED", lambda v: not v),
     "stain": ("SLIDE.MEASUREMENTS.STAIN", str),
+    "types": ("TYPES.CLASSIFIER", str),
 }
 
 #: The least tile side (px at the model's resolution). Tiles must also be at least twice the overlap
@@ -66,6 +67,10 @@ def add_slide_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--stain", choices=("ruifrok", "macenko"), default=None,
                    help="H&E stain vectors of the colour deconvolution: fixed Ruifrok-Johnston, or Macenko "
                    "estimated once per slide from its thumbnail (default: SLIDE.MEASUREMENTS.STAIN)")
+    p.add_argument("--types", default=None, metavar="FILE",
+                   help="nucleus type classifier (tools/train_types.py) applied to every nucleus: type and "
+                   "probability columns, QuPath classes in the types' colours, per-type counts, fractions and "
+                   "densities in the summary, figures by type (TYPES.CLASSIFIER)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     # a flag, not trailing words as in tools/predict.py: they could not be told from slide names
@@ -109,15 +114,18 @@ def slide_cfg_from_args(args):
     The frozen config of a slide tool: ``--config-file`` with ``--opts``, then each flag given
     (:data:`FLAG_KEYS`) onto its key, ``--weights`` / ``--device``, and the detector's score
     threshold set to the kept score (:func:`d2_nucleus.config.set_slide_score_threshold`).
-    Paths (weights, tissue masks) are made absolute: Dask workers may run in another folder.
+    Paths (weights, tissue masks, the type classifier) are made absolute: Dask workers may run in
+    another folder. A type classifier is loaded (a bad file fails here) and the model set to
+    compute the features it reads (:func:`d2_nucleus.types.outputs.load_for_model`).
 
     Raises:
         ConfigError / ValueError: a bad config, override or flag, tiles out of bounds
-        (:func:`check_tiles`) (one line).
+        (:func:`check_tiles`), a bad type classifier file (one line).
     """
     import os
 
     from ..config import get_inference_cfg, set_slide_score_threshold
+    from ..types.outputs import load_for_model
 
     check_slide_args(args)
     cfg = get_inference_cfg(args.config_file, args.opts, args.weights, args.device)
@@ -133,6 +141,9 @@ def slide_cfg_from_args(args):
     check_tiles(cfg)
     if cfg.SLIDE.TISSUE.MASK:
         cfg.SLIDE.TISSUE.MASK = os.path.abspath(cfg.SLIDE.TISSUE.MASK)
+    if cfg.TYPES.CLASSIFIER:
+        cfg.TYPES.CLASSIFIER = os.path.abspath(cfg.TYPES.CLASSIFIER)
+        _, cfg = load_for_model(cfg)
     set_slide_score_threshold(cfg)
     cfg.freeze()
     return cfg

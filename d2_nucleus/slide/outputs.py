@@ -37,8 +37,8 @@ def check_slide_outputs(cfg, slides: Sequence[str], out_dir: str, inputs: Sequen
     """
     Before anything is written, whatever ``--overwrite``: no output of a run over ``slides`` (each
     slide's files and work folder in ``out_dir``, ``outputs``: e.g. the cluster's report) is one
-    of its inputs (the slides, their tissue masks, the weights, ``inputs``: the config file, the
-    manifests) or another output (:func:`~d2_nucleus.utils.file_io.check_not_input`), and
+    of its inputs (the slides, their tissue masks, the weights, the type classifier, ``inputs``:
+    the config file, the manifests) or another output (:func:`~d2_nucleus.utils.file_io.check_not_input`), and
     ``out_dir`` is not a folder of slides or masks given as input.
 
     Raises:
@@ -51,6 +51,7 @@ def check_slide_outputs(cfg, slides: Sequence[str], out_dir: str, inputs: Sequen
         files += written.files() + [written.work]  # the work folder is deleted as a whole
     mask = str(cfg.SLIDE.TISSUE.MASK)
     reads = list(slides) + [mask] + [tissue_mask_for(mask, p) for p in slides] + [str(cfg.MODEL.WEIGHTS)]
+    reads.append(str(cfg.TYPES.CLASSIFIER))
     reads += list(inputs)
     check_not_input(files, reads)
     for folder in reads:  # the outputs (.png) would be taken for slides (or masks) by the next run

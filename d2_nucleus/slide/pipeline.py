@@ -18,6 +18,10 @@ stream the records into the outputs, in level-0 pixel coordinates:
 * ``<slide>.summary.json``: resolution, level, tissue area, counts, density, times, hashes, and the
   median / IQR of each measurement. It is written last: a slide with a summary is complete.
 
+With a type classifier (``TYPES.CLASSIFIER``, :mod:`.types`) every nucleus also gets a type: the
+table's ``type`` and ``prob_<type>`` columns, QuPath's classification (name and colour), per-type
+counts, fractions and densities per mm^2 of tissue in the summary, and both figures by type.
+
 Memory is bounded by a batch of tiles and two rows of seam nuclei, whatever the slide's size.
 
 The settings come from the config (``cfg.SLIDE``, :mod:`d2_nucleus.config.slide`); the CLI flags
@@ -34,6 +38,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..config import model_mpp
+from ..export.classes import class_count_summary
 from ..measurements.stain import STAIN_METHODS
 from ..utils.file_io import atomic_write_json, check_writable
 from .inputs import file_sha256, slide_stem, tissue_mask_for
@@ -45,6 +50,7 @@ from ..data.slide_readers import SlideError, SlideSource, open_slide
 from .stitching import tile_records
 from .tiling import TileGrid, batch_tiles, slide_geometry
 from .tissue import detect_tissue, load_tissue_mask, mask_area_mm2, slide_thumbnail
+from .types import SlideTypes
 from .work import WorkFolder
 from .writers import write_measurement_outputs, write_nuclei
 
@@ -122,6 +128,7 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
         rgb_from_stain = None
         if measure:
             stain, rgb_from_stain = slide_stain_matrix(thumb, stain, path)
+        types = SlideTypes(cfg, predictor, geometry, thumb, path) if cfg.TYPES.CLASSIFIER else None
         weights = str(cfg.MODEL.WEIGHTS)
         st = os.stat(path)
         run_info = {
@@ -134,6 +141,7 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
             # done records hold the measurements only when they are on
             "measurements": {"stain": stain, "rgb_from_stain": np.asarray(rgb_from_stain).tolist()}
             if measure else None,
+            "types": types.run_info() if types is not None else None,  # the done records' types
         }
         # Existing outputs are replaced only with --overwrite, or when an interrupted run of this
         # very slide and settings wrote them (its work folder is there and matches).
@@ -146,23 +154,26 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
         # whole batches as an uninterrupted run forms them (tiles of one size: batch_tiles), so a
         # resumed run computes every tile as the uninterrupted run does
         todo = [b for b in batch_tiles(tiles, max(1, int(cfg.SLIDE.BATCH_SIZE))) if not all(map(work.done, b))]
-        timing = {"read": 0.0, "model": 0.0, "stitch": 0.0, "measure": 0.0}
+        timing = {"read": 0.0, "model": 0.0, "stitch": 0.0, "measure": 0.0, "types": 0.0}
         predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path,
-                      rgb_from_stain if measure else False)
+                      rgb_from_stain if measure else False, types)
 
         t0 = time.perf_counter()
-        density = DensityMap(w0, h0, mpp0, float(cfg.SLIDE.HEATMAP_BIN_UM))
+        density = DensityMap(w0, h0, mpp0, float(cfg.SLIDE.HEATMAP_BIN_UM), len(types.names) if types else 0)
         counts = write_nuclei(cfg, tiles, grid, geometry, work, outputs, stem, source.mpp, density, overwrite or own,
-                              measure)
+                              measure, types)
         timing["stitch"] += time.perf_counter() - t0
         measurement_summary = None
         if measure:
             t0 = time.perf_counter()
-            measurement_summary = write_measurement_outputs(outputs, path, mpp0, tissue_mm2, overwrite or own)
+            measurement_summary = write_measurement_outputs(outputs, path, mpp0, tissue_mm2, overwrite or own,
+                                                            types.names if types else None,
+                                                            types.colors if types else None)
             timing["measure"] += time.perf_counter() - t0
 
         title = f"{os.path.basename(path)}: {counts['nuclei']} nuclei, {tissue_mm2:.2f} mm² tissue"
-        write_overview(outputs.overview, thumb, thumb_scale, tissue, density, title, overwrite=overwrite or own)
+        write_overview(outputs.overview, thumb, thumb_scale, tissue, density, title, overwrite=overwrite or own,
+                       types=(types.names, types.colors) if types else None)
         summary = {
             "status": "done",
             "slide": os.path.abspath(path),
@@ -194,6 +205,7 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
             "seconds_model": timing["model"],
             "seconds_stitch": timing["stitch"],
             "seconds_measure": timing["measure"],
+            "seconds_types": timing["types"],
             "config_sha256": run_info["config_sha256"],
             "weights": weights,
             "weights_sha256": run_info["weights_sha256"],
@@ -203,6 +215,9 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
             "stain_vectors": np.asarray(rgb_from_stain).round(6).tolist() if stain == "macenko" else None,
             # median, quartiles, IQR, mean of each measurement (measurements.summary.summarize)
             "measurements": measurement_summary,
+            # count, fraction and density per mm^2 of tissue of each nucleus type (export.classes)
+            "type_classifier": types.path if types else None,
+            "types": class_count_summary(counts["types"], types.names, tissue_mm2, types.colors) if types else None,
         }
         if counts["cut"]:
             logger.warning("%s: %d nuclei touch a tile edge (larger than SLIDE.OVERLAP %d px): raise the overlap",
@@ -219,10 +234,11 @@ def segment_slide(predictor, cfg, path: str, out_dir: str, mpp: Optional[float] 
         source.close()
 
 
-def predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path, rgb_from_stain=False):
+def predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, progress, path, rgb_from_stain=False,
+                  types: Optional[SlideTypes] = None):
     """
     Run the model on the ``todo`` batches of tiles and store each tile's nuclei (and, unless ``rgb_from_stain``
-    is False, their measurements with that stain matrix) as its done record.
+    is False, their measurements with that stain matrix; with ``types``, their types) as its done record.
     """
     from tqdm import tqdm
 
@@ -238,14 +254,19 @@ def predict_tiles(predictor, cfg, source, geometry, grid, todo, work, timing, pr
             timing["model"] += time.perf_counter() - t0
             t0 = time.perf_counter()
             for tile, image, instances in zip(batch, images, outputs):
-                records, cut = tile_records(instances, tile, grid, score_thresh, tolerance)
-                values = None
+                records, cut, index = tile_records(instances, tile, grid, score_thresh, tolerance)
+                values = typed = None
                 if rgb_from_stain is not False:
                     t1 = time.perf_counter()
                     values = measure_tile(records, tile, image, rgb_from_stain)
                     timing["measure"] += time.perf_counter() - t1
                     t0 += time.perf_counter() - t1  # not stitching time
-                work.save(tile, records, cut, measurements=values)
+                if types is not None:
+                    t1 = time.perf_counter()
+                    typed = types.classify_tile(records, index, instances, tile, image)
+                    timing["types"] += time.perf_counter() - t1
+                    t0 += time.perf_counter() - t1
+                work.save(tile, records, cut, measurements=values, types=typed)
             timing["stitch"] += time.perf_counter() - t0
             bar.update(len(batch))
     finally:

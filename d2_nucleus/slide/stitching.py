@@ -42,7 +42,8 @@ class NucleusRecord(NamedTuple):
         return cls(*values)
 
 
-def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tolerance: int) -> Tuple[List[NucleusRecord], int]:
+def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float,
+                 tolerance: int) -> Tuple[List[NucleusRecord], int, List[int]]:
     """
     The nuclei ``tile`` owns, from the model's output on it.
 
@@ -53,7 +54,7 @@ def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tol
 
     Returns:
         (records sorted by position, number of kept nuclei touching an inner tile edge, i.e.
-        cut because they are larger than the overlap).
+        cut because they are larger than the overlap, the index in ``instances`` of each record).
     """
     rx0, ry0, rx1, ry1 = tile.region
     cx0, cy0, cx1, cy1 = tile.core
@@ -62,9 +63,9 @@ def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tol
     lo_y = cy0 - tolerance if cy0 > 0 else -np.inf
     hi_x = cx1 + tolerance if cx1 < grid.width else np.inf
     hi_y = cy1 + tolerance if cy1 < grid.height else np.inf
-    records, cut = [], 0
+    records, cut, index = [], 0, []
     scores = instances.scores.tolist()
-    for rle, score in zip(instances.pred_rles, scores):
+    for i, (rle, score) in enumerate(zip(instances.pred_rles, scores)):
         if score < score_thresh:
             continue
         crop = to_box_mask(rle)
@@ -81,8 +82,9 @@ def tile_records(instances, tile: Tile, grid: TileGrid, score_thresh: float, tol
             cut += 1
         counts = rle_util.encode(mask)["counts"]
         records.append(NucleusRecord(float(score), int(gx), int(gy), int(w), int(h), counts.decode("ascii")))
-    records.sort(key=lambda r: (r.y0, r.x0, -r.score))
-    return records, cut
+        index.append(i)
+    order = sorted(range(len(records)), key=lambda k: (records[k].y0, records[k].x0, -records[k].score))
+    return [records[k] for k in order], cut, [index[k] for k in order]
 
 
 def record_mask(record: NucleusRecord) -> np.ndarray:

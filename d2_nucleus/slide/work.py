@@ -4,7 +4,7 @@ The per-slide work folder that makes a run resumable.
 
 ``<out>/.<slide>.work/`` holds ``run.json`` (what the run depends on: slide file, geometry,
 tiles, config and weights hashes, stain vectors) and one ``tiles/<tile>.json`` done record per
-finished tile (its nuclei, see :mod:`.stitching`, and their measurements, see :mod:`.measure`),
+finished tile (its nuclei, see :mod:`.stitching`, their measurements, see :mod:`.measure`, and types, :mod:`.types`),
 each written atomically. A run killed at any moment and started again with the same command finds the same ``run.json`` and predicts only the tiles without a
 record; the final outputs are rebuilt from the records, so they equal those of an uninterrupted
 run. A work folder of a different run (other settings, changed slide) is started over.
@@ -56,15 +56,19 @@ class WorkFolder:
     def done(self, tile: Tile) -> bool:
         return os.path.isfile(self._tile_path(tile))
 
-    def save(self, tile: Tile, records: List[NucleusRecord], cut: int, measurements: Optional[Dict] = None) -> None:
-        """``measurements``: the records' measurement columns (:mod:`.measure`), kept with them."""
+    def save(self, tile: Tile, records: List[NucleusRecord], cut: int, measurements: Optional[Dict] = None,
+             types: Optional[Dict] = None) -> None:
+        """``measurements``: the records' measurement columns (:mod:`.measure`), ``types`` their
+        types (:mod:`.types`), kept with them."""
         done = {"cut": int(cut), "nuclei": records}
         if measurements is not None:
             done["measurements"] = measurements
+        if types is not None:
+            done["types"] = types
         atomic_write_json(self._tile_path(tile), done, overwrite=True)
 
     def load(self, tile: Tile) -> Dict:
-        """The tile's done record: ``cut``, ``nuclei`` (:class:`NucleusRecord` s), ``measurements`` if kept."""
+        """The tile's done record: ``cut``, ``nuclei`` (:class:`NucleusRecord` s), ``measurements`` and ``types`` if kept."""
         with open(self._tile_path(tile)) as f:
             done = json.load(f)
         done["nuclei"] = [NucleusRecord.from_json(r) for r in done["nuclei"]]

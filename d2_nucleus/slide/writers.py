@@ -3,17 +3,19 @@
 A slide's nuclei from its tiles' done records (:mod:`.work`) into its outputs, streamed tile by
 tile: seam duplicates removed (:class:`.stitching.SeamStitcher`), the per-nucleus table
 (:mod:`d2_nucleus.export.tables`) and the QuPath GeoJSON (:mod:`d2_nucleus.export.geojson`) in
-level-0 pixels, the density map of the overview; then the measurements' summary and figure read
-back from the table a few columns at a time. Memory: one tile's nuclei and two rows of seam nuclei.
+level-0 pixels, with each nucleus' type when the run has a classifier (:mod:`.types`), the density
+map of the overview; then the measurements' summary and figure read back from the table a few
+columns at a time. Memory: one tile's nuclei and two rows of seam nuclei.
 """
 import os
 import uuid
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from ..export.geojson import detection_feature, mask_to_geometry, write_geojson_features
+from ..export.classes import prob_column
 from ..export.tables import TABLE_COLUMNS, NucleusTableWriter
 from ..measurements.figure import FIGURE_COLUMNS, write_distributions
 from ..measurements.masks import BoxMasks
@@ -56,18 +58,23 @@ def _level0_rows(geo: Dict[str, np.ndarray], s: float, mpp: Sequence[float], wor
 
 def write_nuclei(cfg, tiles: Sequence[Tile], grid: TileGrid, geometry: SlideGeometry, work: WorkFolder,
                  outputs: SlideOutputs, stem: str, mpp: Sequence[float], density: DensityMap, overwrite: bool,
-                 measure: bool = False) -> Dict[str, int]:
+                 measure: bool = False, types=None) -> Dict:
     """
-    Stream the done records of ``tiles``, less seam duplicates, into the GeoJSON and the table.
-    Returns the counts ``nuclei``, ``cut`` (nuclei touching an inner tile edge) and ``duplicates``.
+    Stream the done records of ``tiles``, less seam duplicates, into the GeoJSON and the table
+    (with ``types``, a :class:`.types.SlideTypes`: each nucleus' type from its done record).
+    Returns the counts ``nuclei``, ``cut`` (nuclei touching an inner tile edge), ``duplicates``
+    and ``types`` (the number of nuclei of each type; None without ``types``).
     """
     stitcher = SeamStitcher(grid, float(cfg.SLIDE.DUPLICATE_IOU))
     s = geometry.scale
-    counts = {"nuclei": 0, "cut": 0}
+    counts = {"nuclei": 0, "cut": 0, "types": np.zeros(len(types.names), np.int64) if types else None}
     names = set(SLIDE_TABLE_FIELDS)
     if measure:
         names |= set(level0_columns({c: [] for c in TILE_COLUMNS}, geometry))
-    schema = pa.schema([(k, t) for k, t in TABLE_COLUMNS.items() if k in names])
+    if types is not None:
+        names.add("type")
+    schema = pa.schema([(k, t) for k, t in TABLE_COLUMNS.items() if k in names]
+                       + [(prob_column(n), pa.float64()) for n in (types.names if types else [])])
 
     with NucleusTableWriter(outputs.table, csv_path=outputs.csv, overwrite=overwrite, schema=schema) as table:
 
@@ -97,12 +104,19 @@ def write_nuclei(cfg, tiles: Sequence[Tile], grid: TileGrid, geometry: SlideGeom
                     values = done["measurements"]
                     columns.update(level0_columns({c: [values[c][i] for i in kept] for c in TILE_COLUMNS}, geometry))
                     extra = qupath_measurements(columns, mpp[0])
+                classes = None
+                if types is not None:
+                    classes = types.classes(done.get("types"), kept)
+                    columns.update(classes.columns())
+                    extra = [dict(e, **p) for e, p in zip(extra, classes.qupath_measurements())]
+                    counts["types"] += np.bincount(classes.index, minlength=len(types.names))
                 table.write(columns)
-                density.add(columns["centroid_x"], columns["centroid_y"])
-                for nid, record, mask, more in zip(ids, records, masks, extra):
+                density.add(columns["centroid_x"], columns["centroid_y"], classes.index if classes else None)
+                labels = classes.classifications() if classes else [{"name": "Nucleus", "color": None}] * len(ids)
+                for nid, record, mask, more, label in zip(ids, records, masks, extra, labels):
                     shape = mask_to_geometry(mask, record.x0, record.y0, scale=s)  # level-0 pixels
                     feature_id = str(uuid.uuid5(uuid.NAMESPACE_OID, f"d2_nucleus/{stem}/{nid}"))
-                    yield detection_feature(shape, feature_id, record.score, measurements=more)
+                    yield detection_feature(shape, feature_id, record.score, label["name"], more, label["color"])
 
         write_geojson_features(features(), outputs.geojson, overwrite=overwrite)
     counts["duplicates"] = stitcher.duplicates
@@ -110,11 +124,13 @@ def write_nuclei(cfg, tiles: Sequence[Tile], grid: TileGrid, geometry: SlideGeom
 
 
 def write_measurement_outputs(outputs: SlideOutputs, path: str, mpp: float, tissue_mm2: float,
-                              overwrite: bool) -> Dict:
+                              overwrite: bool, type_names: Optional[Sequence[str]] = None,
+                              type_colors: Optional[Sequence] = None) -> Dict:
     """
     The per-slide measurement summary (returned, for the summary JSON) and figure, from the table.
     The table is read one column at a time for the summary, and only the figure's columns for
-    the figure: memory is a few columns of the slide's nuclei (8 bytes a nucleus each).
+    the figure (and the ``type`` column, stacking its histograms by ``type_names`` in
+    ``type_colors``): memory is a few columns of the slide's nuclei (8 bytes a nucleus each).
     """
     stats = {}
     for name in SUMMARY_COLUMNS:
@@ -122,6 +138,8 @@ def write_measurement_outputs(outputs: SlideOutputs, path: str, mpp: float, tiss
         if columns:
             stats.update(summarize(columns, mpp=mpp, tissue_area_mm2=tissue_mm2, count=count,
                                    summary_columns=[name])["measurements"])
-    columns, _ = read_summary_columns(outputs.table, FIGURE_COLUMNS)
-    write_distributions(columns, outputs.figure, title=os.path.basename(path), overwrite=overwrite)
+    typed = type_names is not None
+    columns, _ = read_summary_columns(outputs.table, FIGURE_COLUMNS + (("type",) if typed else ()))
+    write_distributions(columns, outputs.figure, title=os.path.basename(path), overwrite=overwrite,
+                        type_colors=dict(zip(type_names, type_colors)) if typed else None)
     return stats

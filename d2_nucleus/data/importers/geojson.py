@@ -24,14 +24,15 @@ import numpy as np
 from ..raw import RawDataError
 from .source import IMAGE_EXTENSIONS, ImageFinder, Nucleus, SourceImage, expand_inputs, read_json
 
-__all__ = ["SUFFIXES", "scan", "parse"]
+__all__ = ["SUFFIXES", "class_name", "geojson_features", "scan", "parse"]
 
 SUFFIXES = (".geojson", ".json")
 _AREAS = ("Polygon", "MultiPolygon")
 _SKIPPED_OBJECTS = ("tile", "rootobject", "root")
 
 
-def _class_name(properties) -> Optional[str]:
+def class_name(properties) -> Optional[str]:
+    """A feature's QuPath class name from its ``properties`` (None: unclassified)."""
     cls = properties.get("classification") if isinstance(properties, dict) else None
     if isinstance(cls, str):
         return cls or None
@@ -86,7 +87,8 @@ def _geometry(geometry, path: str, where: str):
     return (MultiPolygon(polys) if polys else None), gtype
 
 
-def _features(data, path: str) -> List[dict]:
+def geojson_features(data, path: str) -> List[dict]:
+    """The Features of a loaded GeoJSON file (a FeatureCollection, a Feature, a geometry or a list), or RawDataError."""
     if isinstance(data, list):
         return data
     if isinstance(data, dict):
@@ -107,7 +109,7 @@ def parse(path: str):
     Raises:
         RawDataError: unreadable, empty or malformed file (one line naming it).
     """
-    features = _features(read_json(path), path)
+    features = geojson_features(read_json(path), path)
     nuclei, skipped = [], []
     for i, feature in enumerate(features):
         if not isinstance(feature, dict):
@@ -133,7 +135,7 @@ def parse(path: str):
             reason = "degenerate outline" if gtype in _AREAS + ("GeometryCollection",) else f"{gtype} (not an area)"
             skipped.append((reason, f"{path}: {where} is a {gtype} without area, skipped"))
             continue
-        nuclei.append(Nucleus(where, geometry=geom, class_name=_class_name(properties)))
+        nuclei.append(Nucleus(where, geometry=geom, class_name=class_name(properties)))
     if not nuclei and not skipped:
         raise RawDataError(path, "holds no features")
     return nuclei, skipped
