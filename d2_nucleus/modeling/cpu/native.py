@@ -10,13 +10,15 @@ builds them once (``tools/build_native.py``), so a first prediction does not wai
 The build is cached under ``$D2_NUCLEUS_NATIVE_CACHE`` (default
 ``~/.cache/d2_nucleus/native``), in a folder named by a hash of the sources, the compiler flags, the
 torch version and the CPU model: the kernels are compiled for the CPU they run on
-(``-march=native``), so a home folder shared by different machines gets one build per CPU.
+(``-march=native``, or ``$D2_NUCLEUS_NATIVE_ARCH``), so a home folder shared by different machines
+gets one build per CPU.
 """
 import glob
 import hashlib
 import logging
 import os
 import platform
+import re
 import threading
 
 import torch
@@ -26,11 +28,28 @@ __all__ = ["native_ops", "build_native_ops", "build_dir"]
 logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
+
+
+def _march() -> str:
+    """
+    The CPU the kernels are compiled for: this one (``native``), or the ``-march`` value in
+    ``$D2_NUCLEUS_NATIVE_ARCH`` (e.g. ``x86-64-v2``: SSE4.2, no AVX; ``x86-64-v3``: AVX2), for a
+    build that must run on older CPUs than the one compiling it, and to check that the kernels
+    need neither AVX-512 nor AVX2 (bench/bench_precision.py --kernels-arch).
+    """
+    arch = os.environ.get("D2_NUCLEUS_NATIVE_ARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arch):  # it goes onto a compiler command line
+        logger.warning(f"D2_NUCLEUS_NATIVE_ARCH={arch!r} is not a -march value (e.g. x86-64-v2): using native")
+        return "native"
+    return arch
+
+
 # -ffp-contract=off: no fused multiply-adds, so float32 results equal torchvision's CPU kernels
 # (compiled without them) bit for bit. -fopenmp: at::parallel_for runs on one thread without it
 # (it links libgomp.so.1, the OpenMP runtime torch already loaded). -mprefer-vector-width=512:
-# AVX-512 where the CPU has it (measured ~10-20% faster than g++'s default 256-bit on 2 cores).
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp"]
+# AVX-512 where the CPU has it (measured ~10-20% faster than g++'s default 256-bit on 2 cores;
+# ignored without AVX-512).
+CFLAGS = ["-O3", f"-march={_march()}", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp"]
 
 _lock = threading.Lock()
 _state = {"tried": False, "ops": None}
