@@ -312,9 +312,11 @@ def main():
                     continue
                 r = rs[pr]
                 if base and base[key] and r and r[key]:
-                    ratios.append(f"{r[key] / base[key]:.1f}x" + (" (at least)" if r["done"] < r["wanted"] else ""))
-                elif base and base[key] and r:
-                    ratios.append(f"> {r['wall_s'] / base[key]:.0f}x")
+                    ratios.append(f"{r[key] / base[key]:.1f}x")
+                elif base and base["times"] and r and r["times"]:  # only its warm-up finished: warm-up against warm-up
+                    ratios.append(f"{r['times'][0] / base['times'][0]:.1f}x (warm-ups)")
+                elif base and base["times"] and r:  # not even its warm-up: at least the time it ran
+                    ratios.append(f"> {r['wall_s'] / base['times'][0]:.0f}x (its run against the fp32 warm-up)")
                 else:
                     ratios.append("-")
             loads = ", ".join(f"{rs[pr]['loadavg'][0]:.1f}" for pr in precisions if rs[pr])

@@ -26,6 +26,7 @@ from weights import save_untrained_weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
 SLIDES = ["s0", "s1", "s2", "s3"]
+OMP_AT_IMPORT = os.environ.get("OMP_NUM_THREADS")
 OUTPUT_SUFFIXES = (".geojson", ".parquet", ".csv", ".overview.png")
 
 
@@ -132,6 +133,33 @@ def test_cli_equals_single_process_bad_slide_reported_rerun_does_nothing(data, c
     assert again["corrupt.svs"]["status"] == "failed"
     assert {n: os.stat(out / n).st_mtime_ns for n in mtimes} == mtimes
     assert client.run(model_loads) == loads
+
+
+def test_workers_start_like_a_plain_process(cluster):
+    """start_local_cluster's workers (worker_settings): the thread variables at the model's threads in the
+    task too, none of the nanny's MALLOC_TRIM_THRESHOLD_ (it fixes glibc's mmap threshold at 128 KiB), and
+    no statistical profiler; the client's own environment is left as it was."""
+    local, client = cluster
+
+    def probe():
+        import dask
+        import torch
+
+        return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+                "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "torch": torch.get_num_threads(),
+                "profile": dask.config.get("distributed.worker.profile.enabled")}
+
+    expected = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None, "torch": 1,
+                "profile": False}
+    assert list(client.run(probe).values()) == [expected, expected]
+    assert client.submit(probe, pure=False).result() == expected  # in the task's thread
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ.get("OMP_NUM_THREADS") == OMP_AT_IMPORT  # the nanny's writes into it were undone
+    from d2_nucleus.slide.cluster import worker_settings
+
+    settings = worker_settings(3)
+    assert settings["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == "3"
+    assert settings["distributed.nanny.pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
 
 
 def test_killed_worker_slide_is_retried_and_resumed(data, cluster, tmp_path):

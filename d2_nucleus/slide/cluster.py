@@ -39,7 +39,7 @@ from .runner import SLIDE_ERRORS, run_one_slide
 
 __all__ = [
     "REPORT_COLUMNS", "SlideJob", "read_manifest", "worker_predictor", "model_loads", "run_slide", "segment_slides_on_cluster",
-    "write_report", "start_local_cluster",
+    "write_report", "start_local_cluster", "worker_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,23 +207,59 @@ def _row_from_summary(slide: str, summary_path: str, status: str) -> Dict:
 # -------------------------------------------------------------------------------------------------
 # On the client
 # -------------------------------------------------------------------------------------------------
+def worker_settings(torch_threads: int) -> Dict:
+    """
+    The Dask settings of the workers :func:`start_local_cluster` starts, so that a slide costs what
+    it costs in ``tools/segment_slides.py`` (BENCHMARKS.md "Many slides on Dask"):
+
+    * the environment a worker process starts with (``distributed.nanny.pre-spawn-environ``):
+      the thread variables at ``torch_threads`` (Dask's are 1), and none of Dask's
+      ``MALLOC_TRIM_THRESHOLD_=65536``: setting it turns off glibc's dynamic mmap threshold, so
+      every allocation above 128 KiB is mapped and unmapped at each use, and the model's
+      activations are page-faulted in again at every tile (unless ``MODEL.CPU.TUNE_MALLOC``
+      raises the thresholds in the task);
+    * no statistical profiler (``distributed.worker.profile``): it wakes every 10 ms to walk the
+      stacks of every thread, taking the GIL and a core from the model's threads.
+    """
+    threads = str(int(torch_threads))
+    return {
+        "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": threads,
+                                                "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+        "distributed.worker.profile.enabled": False,
+    }
+
+
 def start_local_cluster(n_workers: int, torch_threads: int = 1, gpus: bool = False, worker_deaths: int = 3,
                         dashboard_address: str = ":8787", **kwargs):
     """
     A :class:`distributed.LocalCluster` of ``n_workers`` processes running one slide at a time
     each (one Dask thread; the model uses ``torch_threads``), with resource ``GPU: 1`` when
-    ``gpus``. A task whose worker dies is rescheduled at most ``worker_deaths`` times.
+    ``gpus``, and the worker settings of :func:`worker_settings`. A task whose worker dies is
+    rescheduled at most ``worker_deaths`` times.
     """
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": int(worker_deaths)}):
-        return LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True,
-            resources={"GPU": 1} if gpus else None, dashboard_address=dashboard_address,
-            # the model's threads: torch reads OMP_NUM_THREADS when the worker starts
-            env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}, **kwargs,
-        )
+    settings = {"distributed.scheduler.allowed-failures": int(worker_deaths), **worker_settings(torch_threads)}
+    environ = dict(os.environ)
+    try:
+        with dask.config.set(settings):
+            return LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True,
+                resources={"GPU": 1} if gpus else None, dashboard_address=dashboard_address,
+                # the model's threads: torch reads OMP_NUM_THREADS when the worker starts (these win
+                # over the variables of the client's own environment, which the pre-spawn ones take)
+                env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}, **kwargs,
+            )
+    finally:
+        # the nanny writes its pre-spawn variables into this (the client's) process's environment,
+        # where later subprocesses would inherit them: put it back (a restarted worker gets them again)
+        for key in set(os.environ) | set(environ):
+            if os.environ.get(key) != environ.get(key):
+                if key in environ:
+                    os.environ[key] = environ[key]
+                else:
+                    del os.environ[key]
 
 
 def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: str, overwrite: bool = False,
