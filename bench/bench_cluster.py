@@ -54,6 +54,20 @@ def _noop(i):
     return i
 
 
+def _process_cpu_s():
+    """CPU seconds (user + system) this process has used, all its threads."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _minor_faults():
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def worker_probe():
     """What a task sees on its worker: thread variables and counts, allocator variables, profiler."""
     import threading
@@ -103,7 +117,7 @@ def _summaries(out_dir, slides):
 
 
 def _totals(summaries):
-    return {k: sum(s[f"seconds{k}"] for s in summaries) for k in ("", "_model", "_read", "_stitch", "_measure")}
+    return {f"seconds{k}": sum(s[f"seconds{k}"] for s in summaries) for k in ("", "_model", "_read", "_stitch", "_measure")}
 
 
 def run_baseline(args, slides, warm, out_dir):
@@ -148,10 +162,18 @@ def run_cluster(args, cfg, slides, warm, out_dir, workers, dask_config, probe):
         segment_slides_on_cluster(client, cfg, read_manifest(warm[:workers]), out_dir + "_warm", overwrite=True,
                                   progress=False, torch_threads=threads)
         res["warm_s"] = time.perf_counter() - t0
+        worker_cpu0 = sum(client.run(_process_cpu_s).values())
+        faults0 = sum(client.run(_minor_faults).values())
+        own_cpu0 = _process_cpu_s()
         t0 = time.perf_counter()
         rows = segment_slides_on_cluster(client, cfg, read_manifest(slides), out_dir, overwrite=True,
                                          progress=False, torch_threads=threads)
         res["wall_s"] = time.perf_counter() - t0
+        # CPU seconds during the slides: the client process (it hosts the scheduler and the nannies too)
+        # and the worker processes (the model's threads and the worker's own)
+        res["client_cpu_s"] = _process_cpu_s() - own_cpu0
+        res["worker_cpu_s"] = sum(client.run(_process_cpu_s).values()) - worker_cpu0
+        res["worker_minor_faults"] = sum(client.run(_minor_faults).values()) - faults0
         assert all(r["status"] == "done" for r in rows), rows
         if probe and workers == 1:  # Dask's own round trip, no model: empty tasks one after another
             t1 = time.perf_counter()
@@ -242,8 +264,9 @@ def main():
     print(f"\n{n} slides ({'real images, ' + str(args.images_per_slide) + ' a slide' if args.raw else 'synthetic'}), "
           f"{os.path.relpath(args.config, ROOT)}, {info['cpus']} CPUs, {info['date']}, best of {args.rounds} round(s)")
     print("| run | workers x torch threads | sum of slide s (model / read / stitch / measure) | vs segment_slides.py | "
-          "wall s | slides/hour (cluster: by wall time) | load average |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "wall s | slides/hour (cluster: by wall time) | CPU s: workers, client + scheduler + nannies | "
+          "workers' minor page faults | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     seen = []
     for x in runs:
         key = (x["run"], x["workers"])
@@ -254,10 +277,12 @@ def main():
         threads = b.get("threads", os.cpu_count())
         # the baseline's wall time holds its start-up and model load: its slides/hour from its slides' seconds
         busy = b["seconds"] if b["run"] == "segment_slides.py" else b["wall_s"]
+        cpu = f"{b['worker_cpu_s']:.1f}, {b['client_cpu_s']:.1f}" if "worker_cpu_s" in b else "-"
+        faults = f"{b['worker_minor_faults']:,}" if "worker_minor_faults" in b else "-"
         print(f"| {b['run']} | {b['workers']} x {threads} | {b['seconds']:.1f} ({b['seconds_model']:.1f} / "
               f"{b['seconds_read']:.1f} / {b['seconds_stitch']:.1f} / {b['seconds_measure']:.1f}) | "
               f"{base['seconds'] / b['seconds']:.2f}x | {b['wall_s']:.1f} | {3600 * n / busy:.0f} | "
-              f"{b['loadavg']:.1f} |")
+              f"{cpu} | {faults} | {b['loadavg']:.1f} |")
     for x in runs:
         if "probe" in x:
             print(f"{x['run']} ({x['workers']} worker(s)): {json.dumps(x['probe'])}"

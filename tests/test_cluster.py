@@ -136,9 +136,10 @@ def test_cli_equals_single_process_bad_slide_reported_rerun_does_nothing(data, c
 
 
 def test_workers_start_like_a_plain_process(cluster):
-    """start_local_cluster's workers (worker_settings): the thread variables at the model's threads in the
-    task too, none of the nanny's MALLOC_TRIM_THRESHOLD_ (it fixes glibc's mmap threshold at 128 KiB), and
-    no statistical profiler; the client's own environment is left as it was."""
+    """start_local_cluster's workers (worker_settings): one malloc arena (the task thread's own arena cannot
+    hold large activations), the thread variables at the model's threads in the task too, none of the nanny's
+    MALLOC_TRIM_THRESHOLD_ (it fixes glibc's mmap threshold at 128 KiB), and no statistical profiler; the
+    client's own environment is left as it was."""
     local, client = cluster
 
     def probe():
@@ -147,10 +148,11 @@ def test_workers_start_like_a_plain_process(cluster):
 
         return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
                 "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "torch": torch.get_num_threads(),
+                "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX"),
                 "profile": dask.config.get("distributed.worker.profile.enabled")}
 
     expected = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None, "torch": 1,
-                "profile": False}
+                "MALLOC_ARENA_MAX": "1", "profile": False}
     assert list(client.run(probe).values()) == [expected, expected]
     assert client.submit(probe, pure=False).result() == expected  # in the task's thread
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ

@@ -212,19 +212,24 @@ def worker_settings(torch_threads: int) -> Dict:
     The Dask settings of the workers :func:`start_local_cluster` starts, so that a slide costs what
     it costs in ``tools/segment_slides.py`` (BENCHMARKS.md "Many slides on Dask"):
 
-    * the environment a worker process starts with (``distributed.nanny.pre-spawn-environ``):
-      the thread variables at ``torch_threads`` (Dask's are 1), and none of Dask's
-      ``MALLOC_TRIM_THRESHOLD_=65536``: setting it turns off glibc's dynamic mmap threshold, so
-      every allocation above 128 KiB is mapped and unmapped at each use, and the model's
-      activations are page-faulted in again at every tile (unless ``MODEL.CPU.TUNE_MALLOC``
-      raises the thresholds in the task);
+    * one glibc malloc arena (``MALLOC_ARENA_MAX=1``): a Dask task runs in a thread of the worker,
+      not in its main thread, and glibc gives each thread its own arena made of 64 MiB heaps, which
+      cannot hold the model's larger activations (a stride-2 map of a 1024 px tile at 1.25x is
+      ~100 MB): those are mapped and unmapped at every use whatever ``MODEL.CPU.TUNE_MALLOC``
+      says, ~400,000 page faults and ~1.3x the time a tile (measured: bench/bench_worker_thread.py);
+      with one arena the task thread allocates as a plain process's main thread does;
+    * the thread variables at ``torch_threads`` (Dask's are 1: torch would start on one thread);
+    * none of Dask's ``MALLOC_TRIM_THRESHOLD_=65536``: setting it turns off glibc's dynamic mmap
+      threshold, so every allocation above 128 KiB is mapped and unmapped at each use (unless
+      ``MODEL.CPU.TUNE_MALLOC`` raises the thresholds in the task);
     * no statistical profiler (``distributed.worker.profile``): it wakes every 10 ms to walk the
       stacks of every thread, taking the GIL and a core from the model's threads.
     """
     threads = str(int(torch_threads))
     return {
-        "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": threads,
-                                                "MKL_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads},
+        "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1",
+                                                "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                                "OPENBLAS_NUM_THREADS": threads},
         "distributed.worker.profile.enabled": False,
     }
 
