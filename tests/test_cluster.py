@@ -252,3 +252,35 @@ def test_resume_after_kill_between_tile_records_is_bit_identical(data, tmp_path)
         records[-1].unlink()  # killed after the pair's first record
         segment_slide(predictor, cfg, str(data["slides"] / "s0.svs"), str(out), progress=False)
     _assert_same_outputs(data["ref"], out, names=["s0"])
+
+
+def test_task_thread_without_one_arena_warns_once(monkeypatch, caplog):
+    """A model in a worker thread of a process started without MALLOC_ARENA_MAX (workers you start
+    yourself) gets one warning naming the variable; the main thread, or the variable set, none."""
+    import platform
+    import threading
+
+    from d2_nucleus.slide import cluster as cluster_module
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's arenas")
+    monkeypatch.setattr(cluster_module, "_ARENA_WARNED", [False])
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+
+    def in_thread():
+        t = threading.Thread(target=cluster_module._check_worker_arenas)
+        t.start()
+        t.join()
+
+    with caplog.at_level("WARNING", logger="d2_nucleus.slide.cluster"):
+        cluster_module._check_worker_arenas()  # the main thread: as tools/segment_slides.py runs it
+        assert not caplog.records
+        in_thread()
+        in_thread()
+    assert len(caplog.records) == 1 and "MALLOC_ARENA_MAX=1" in caplog.records[0].getMessage()
+    monkeypatch.setattr(cluster_module, "_ARENA_WARNED", [False])
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="d2_nucleus.slide.cluster"):
+        in_thread()
+    assert not caplog.records

@@ -146,6 +146,7 @@ def worker_predictor(cfg, torch_threads: Optional[int] = None):
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
     tune_process(cfg)  # process-wide: this worker process is the entry point here
+    _check_worker_arenas()
     weights = str(cfg.MODEL.WEIGHTS)
     device = _worker_device(str(cfg.MODEL.DEVICE))
     key = (hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest(),
@@ -162,6 +163,23 @@ def worker_predictor(cfg, torch_threads: Optional[int] = None):
         _PREDICTORS[key] = NucleusPredictor(model_cfg, batch_size=cfg.SLIDE.BATCH_SIZE)
         _MODEL_LOADS[0] += 1
     return _PREDICTORS[key]
+
+
+_ARENA_WARNED = [False]
+
+
+def _check_worker_arenas() -> None:
+    """Warn once when the model runs in a thread of a process without MALLOC_ARENA_MAX (see worker_settings)."""
+    import platform
+    import threading
+
+    if (_ARENA_WARNED[0] or os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc"
+            or threading.current_thread() is threading.main_thread()):
+        return
+    _ARENA_WARNED[0] = True
+    logger.warning("this Dask worker runs the model in a task thread without MALLOC_ARENA_MAX=1 in its environment: "
+                   "its large activations are page-faulted at every tile (~1.2x the time); start the workers "
+                   "with MALLOC_ARENA_MAX=1 (tools/segment_cluster.py's own LocalCluster does)")
 
 
 def _worker_name() -> str:
