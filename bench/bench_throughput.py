@@ -2,7 +2,7 @@
 """
 Whole-slide throughput against the hardware (issue 28 item 3): seconds per mm^2 of tissue in slide
 mode (tools/segment_slides.py's config and pipeline, measurements on), the model's FLOPs per mm^2
-(fvcore's FlopCountAnalysis as Detectron2 ships it) and the FLOP/s they run at, against the peak
+(fvcore's FlopCountAnalysis, which Detectron2 depends on) and the FLOP/s they run at, against the peak
 FLOP/s of this CPU's cores (a large float32 matmul on torch's threads). Numbers in BENCHMARKS.md
 "Seconds per mm^2".
 
@@ -41,8 +41,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 RECIPE = "configs/cpu/mask_rcnn_R_18_FPN_cpu_gn.yaml"
-# custom ops fvcore cannot count, replaced by PyTorch's for the count (same arithmetic)
-COUNT_OPTS = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.RPN_NMS_THREADS", "1"]
+# ops fvcore cannot count (C++ kernels, NNPACK), replaced by PyTorch's for the count (the same arithmetic;
+# Winograd does fewer multiplications than it counts: the count is the direct convolution's)
+COUNT_OPTS = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.RPN_NMS_THREADS", "1",
+              "MODEL.CPU.CONV3X3", "onednn"]
 STAGES = {"backbone": ("backbone",), "rpn": ("proposal_generator",),
           "box head": ("roi_heads.box_pooler", "roi_heads.box_head", "roi_heads.box_predictor"),
           "mask head": ("roi_heads.mask_pooler", "roi_heads.mask_head")}
@@ -111,6 +113,7 @@ class Stages:
 
     def __init__(self, model):
         self.seconds = {k: 0.0 for k in STAGES}
+        self.rois = {"box head": 0, "mask head": 0}  # RoIs through the heads (their first layer's batch)
         self._start = {}
         modules = dict(model.named_modules())
         for stage, names in STAGES.items():
@@ -122,6 +125,9 @@ class Stages:
     def _pre(self, name):
         def hook(module, inputs):
             self._start[name] = time.perf_counter()
+            head = {"roi_heads.box_head": "box head", "roi_heads.mask_head": "mask head"}.get(name)
+            if head and inputs and hasattr(inputs[0], "shape"):
+                self.rois[head] += int(inputs[0].shape[0])
         return hook
 
     def _post(self, stage, name):
@@ -131,12 +137,17 @@ class Stages:
 
     def reset(self):
         self.seconds = {k: 0.0 for k in STAGES}
+        self.rois = {"box head": 0, "mask head": 0}
 
 
 def count_flops(cfg, batches):
-    """fvcore's count over the recorded model inputs: (total multiply-adds, per stage)."""
+    """
+    fvcore's count over the recorded model inputs, one image a trace: (total multiply-adds, per stage).
+    (Detectron2's own wrapper, detectron2.utils.analysis, imports caffe2, which PyTorch no longer
+    ships: the model is wrapped here to take an image tensor and return tensors, as that wrapper does.)
+    """
     import torch
-    from detectron2.utils.analysis import FlopCountAnalysis
+    from fvcore.nn import FlopCountAnalysis
 
     from d2_nucleus.engine import NucleusPredictor
 
@@ -145,20 +156,21 @@ def count_flops(cfg, batches):
     count_cfg.merge_from_list(COUNT_OPTS)
     model = NucleusPredictor(count_cfg).model
 
-    class Inference(torch.nn.Module):  # tensors out (the RLEs of the post-processing are not traceable)
+    class Inference(torch.nn.Module):  # tensors in and out (the RLEs of the post-processing are not traceable)
         def __init__(self, m):
             super().__init__()
             self.m = m
 
-        def forward(self, inputs):
-            return self.m.inference(inputs, do_postprocess=False)
+        def forward(self, image):
+            r = self.m.inference([{"image": image}], do_postprocess=False)[0]
+            return r.pred_boxes.tensor, r.scores, r.pred_masks
 
     wrapper = Inference(model).eval()
     total, stages = 0.0, {k: 0.0 for k in STAGES}
     with torch.no_grad():
         for inputs in batches:
             for one in inputs:  # one image a trace: the counts add up
-                fca = FlopCountAnalysis(wrapper, ([one],))
+                fca = FlopCountAnalysis(wrapper, (one["image"],))
                 fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
                 total += fca.total()
                 by_module = fca.by_module()
@@ -170,14 +182,20 @@ def count_flops(cfg, batches):
 def run_variant(state, slide, out_dir):
     from d2_nucleus.slide import segment_slide
 
+    import resource
+
     state["stages"].reset()
     state["recorded"].clear()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
     s = segment_slide(state["predictor"], state["cfg"], slide, out_dir, overwrite=True, progress=False)
     wall = time.perf_counter() - t0
-    return {"wall_s": wall, "pipeline_s": s["seconds"], "model_s": s["seconds_model"], "read_s": s["seconds_read"],
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "pipeline_s": s["seconds"], "model_s": s["seconds_model"], "read_s": s["seconds_read"],
             "stitch_s": s["seconds_stitch"], "measure_s": s["seconds_measure"], "tissue_mm2": s["tissue_mm2"],
             "nuclei": s["nuclei"], "tiles_run": s["tiles_run"], "stages": dict(state["stages"].seconds),
+            "rois": dict(state["stages"].rois),
             "loadavg": os.getloadavg()[0]}
 
 
@@ -195,6 +213,9 @@ def main():
                    help="a variant: its name and config overrides (repeatable); 'base' always runs first")
     p.add_argument("--opts", nargs="+", default=[], help="config overrides for every variant")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP count")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: torch's, all cores). On a shared machine --threads 1 and the "
+                   "CPU seconds column compare variants more steadily than wall time (no thread waits for another)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if not args.raw:
@@ -206,6 +227,9 @@ def main():
 
     from d2_nucleus.engine import NucleusPredictor
     from d2_nucleus.modeling.cpu.malloc import tune_process
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if args.weights == "random":
         from detectron2.modeling import build_model
@@ -262,15 +286,20 @@ def main():
           f"{peak / 1e9:.1f} GFLOP/s")
     best = {n: min(v["rounds"], key=lambda r: r["pipeline_s"]) for n, v in info["variants"].items()}
     b0 = best["base"]
-    print(f"slide {os.path.basename(slide)}: {b0['tissue_mm2']:.3f} mm^2 of tissue, {b0['tiles_run']} tiles")
+    print(f"slide {os.path.basename(slide)}: {b0['tissue_mm2']:.3f} mm^2 of tissue, {b0['tiles_run']} tiles; "
+          f"base: {b0['rois']['box head'] / b0['tiles_run']:.0f} proposals and "
+          f"{b0['rois']['mask head'] / b0['tiles_run']:.0f} detections (mask-head RoIs) a tile")
+    cpu_best = {n: min(v["rounds"], key=lambda r: r["cpu_s"]) for n, v in info["variants"].items()}
     print("| variant | s/mm^2 | model s/mm^2 | nuclei | backbone / RPN / box head / mask head s | "
-          "warm-up s | vs base | load average |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "warm-up s | vs base | CPU s/mm^2 (best round) | vs base by CPU s | load average |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in best.items():
         st = r["stages"]
+        c = cpu_best[name]
         print(f"| {name} | {r['pipeline_s'] / r['tissue_mm2']:.1f} | {r['model_s'] / r['tissue_mm2']:.1f} | "
               f"{r['nuclei']} | {st['backbone']:.1f} / {st['rpn']:.1f} / {st['box head']:.1f} / {st['mask head']:.1f} | "
               f"{info['variants'][name]['warmup_s']:.1f} | {b0['pipeline_s'] / r['pipeline_s']:.2f}x | "
+              f"{c['cpu_s'] / c['tissue_mm2']:.1f} | {cpu_best['base']['cpu_s'] / c['cpu_s']:.2f}x | "
               f"{r['loadavg']:.1f} |")
     if "flops" in info:
         f = info["flops"]
