@@ -10,15 +10,17 @@ in a fresh process (the malloc settings are process-wide) on the same image and 
 
 Variants:
   before      all speed options off: MODEL.CPU.GROUP_NORM torch, ROI_ALIGN torchvision,
-              RPN_NMS_THREADS 1, TUNE_MALLOC False (the config's bf16 / channels-last kept).
+              RPN_NMS_THREADS 1, TUNE_MALLOC False, CONV3X3 onednn (the config's bf16 /
+              channels-last kept).
   malloc      before + MODEL.CPU.TUNE_MALLOC
   groupnorm   before + MODEL.CPU.GROUP_NORM nchw
   roi         before + MODEL.CPU.ROI_ALIGN threaded
-  nonative    GROUP_NORM nchw, ROI_ALIGN threaded, RPN_NMS_THREADS 1, malloc (the defaults before
+  nonative    GROUP_NORM nchw, ROI_ALIGN threaded, RPN_NMS_THREADS 1, CONV3X3 onednn, malloc (the defaults before
               the C++ kernels and the threaded RPN NMS)
   nativeroi   nonative + the C++ RoIAlign pooler (ROI_ALIGN native)
   native      nativeroi + the C++ GroupNorm + ReLU (GROUP_NORM native)
-  all         the defaults: every option on.
+  onednn      every option but the Winograd 3 x 3 convolutions (MODEL.CPU.CONV3X3 onednn)
+  all         the defaults: every option on (CONV3X3 auto: Winograd on AVX2 CPUs without AVX-512).
 
 Reported: seconds per image (best of --repeats after one warm-up call), detections, peak RSS
 (ru_maxrss) of the process, and the speed-up over ``before``; --profile adds torch.profiler's
@@ -37,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 OFF = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.TUNE_MALLOC", "False",
-       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2"]
+       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2", "MODEL.CPU.CONV3X3", "onednn"]
 VARIANTS = {
     "before": OFF,
     "malloc": OFF + ["MODEL.CPU.TUNE_MALLOC", "True"],
@@ -45,9 +47,12 @@ VARIANTS = {
     "roi": OFF + ["MODEL.CPU.ROI_ALIGN", "threaded"],
     "all": [],
     # every option but the C++ kernels (the defaults before they existed), and but the C++ GroupNorm
-    "nonative": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.ROI_ALIGN", "threaded", "MODEL.CPU.RPN_NMS_THREADS", "1"],
-    "nativeroi": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.RPN_NMS_THREADS", "1"],
-    "native": ["MODEL.CPU.RPN_NMS_THREADS", "1"],
+    "nonative": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.ROI_ALIGN", "threaded", "MODEL.CPU.RPN_NMS_THREADS", "1",
+                 "MODEL.CPU.CONV3X3", "onednn"],
+    "nativeroi": ["MODEL.CPU.GROUP_NORM", "nchw", "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.CONV3X3", "onednn"],
+    "native": ["MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.CONV3X3", "onednn"],
+    # the C++ kernels and threaded NMS, oneDNN's 3 x 3 convolutions (the defaults before CONV3X3)
+    "onednn": ["MODEL.CPU.CONV3X3", "onednn"],
 }
 
 

@@ -26,6 +26,7 @@ from weights import save_untrained_weights
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CONFIG = os.path.join(ROOT, "configs", "demo", "mask_rcnn_R_18_FPN_demo.yaml")
 SLIDES = ["s0", "s1", "s2", "s3"]
+OMP_AT_IMPORT = os.environ.get("OMP_NUM_THREADS")
 OUTPUT_SUFFIXES = (".geojson", ".parquet", ".csv", ".overview.png")
 
 
@@ -134,6 +135,35 @@ def test_cli_equals_single_process_bad_slide_reported_rerun_does_nothing(data, c
     assert client.run(model_loads) == loads
 
 
+def test_workers_start_like_a_plain_process(cluster):
+    """start_local_cluster's workers (worker_settings): one malloc arena (the task thread's own arena cannot
+    hold large activations), the thread variables at the model's threads in the task too, none of the nanny's
+    MALLOC_TRIM_THRESHOLD_ (it fixes glibc's mmap threshold at 128 KiB), and no statistical profiler; the
+    client's own environment is left as it was."""
+    local, client = cluster
+
+    def probe():
+        import dask
+        import torch
+
+        return {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
+                "MALLOC_TRIM_THRESHOLD_": os.environ.get("MALLOC_TRIM_THRESHOLD_"), "torch": torch.get_num_threads(),
+                "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX"),
+                "profile": dask.config.get("distributed.worker.profile.enabled")}
+
+    expected = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_TRIM_THRESHOLD_": None, "torch": 1,
+                "MALLOC_ARENA_MAX": "1", "profile": False}
+    assert list(client.run(probe).values()) == [expected, expected]
+    assert client.submit(probe, pure=False).result() == expected  # in the task's thread
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ
+    assert os.environ.get("OMP_NUM_THREADS") == OMP_AT_IMPORT  # the nanny's writes into it were undone
+    from d2_nucleus.slide.cluster import worker_settings
+
+    settings = worker_settings(3)
+    assert settings["distributed.nanny.pre-spawn-environ"]["OMP_NUM_THREADS"] == "3"
+    assert settings["distributed.nanny.pre-spawn-environ"]["MALLOC_TRIM_THRESHOLD_"] is None
+
+
 def test_killed_worker_slide_is_retried_and_resumed(data, cluster, tmp_path):
     local, client = cluster
     out = tmp_path / "out"
@@ -222,3 +252,35 @@ def test_resume_after_kill_between_tile_records_is_bit_identical(data, tmp_path)
         records[-1].unlink()  # killed after the pair's first record
         segment_slide(predictor, cfg, str(data["slides"] / "s0.svs"), str(out), progress=False)
     _assert_same_outputs(data["ref"], out, names=["s0"])
+
+
+def test_task_thread_without_one_arena_warns_once(monkeypatch, caplog):
+    """A model in a worker thread of a process started without MALLOC_ARENA_MAX (workers you start
+    yourself) gets one warning naming the variable; the main thread, or the variable set, none."""
+    import platform
+    import threading
+
+    from d2_nucleus.slide import cluster as cluster_module
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc's arenas")
+    monkeypatch.setattr(cluster_module, "_ARENA_WARNED", [False])
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+
+    def in_thread():
+        t = threading.Thread(target=cluster_module._check_worker_arenas)
+        t.start()
+        t.join()
+
+    with caplog.at_level("WARNING", logger="d2_nucleus.slide.cluster"):
+        cluster_module._check_worker_arenas()  # the main thread: as tools/segment_slides.py runs it
+        assert not caplog.records
+        in_thread()
+        in_thread()
+    assert len(caplog.records) == 1 and "MALLOC_ARENA_MAX=1" in caplog.records[0].getMessage()
+    monkeypatch.setattr(cluster_module, "_ARENA_WARNED", [False])
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "1")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="d2_nucleus.slide.cluster"):
+        in_thread()
+    assert not caplog.records

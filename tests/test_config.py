@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from d2_nucleus.config import ConfigError, get_nucleus_cfg, input_resize_factor
-from d2_nucleus.utils import autocast
+from d2_nucleus.utils import autocast, cpu_features
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPE = os.path.join(ROOT, "configs", "cpu", "mask_rcnn_R_18_FPN_cpu_gn.yaml")
@@ -29,7 +29,7 @@ def test_old_dumped_config_loads_as_today(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         cfg = get_nucleus_cfg(_old_dump(tmp_path))
     assert dict(cfg.MODEL.CPU) == {"GROUP_NORM": "native", "ROI_ALIGN": "native", "RPN_NMS_THREADS": 0,
-                                   "ANCHOR_IOU": "native", "TUNE_MALLOC": True}
+                                   "ANCHOR_IOU": "native", "TUNE_MALLOC": True, "CONV3X3": "auto"}
     assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "NucleusRPN"  # what the old keys converted RPN into
     assert cfg.MODEL.PIXEL_SIZE_UM == 0.25 and cfg.SOLVER.CPU_BF16 == "True"
     notes = [r.getMessage() for r in caplog.records if "deprecated config keys" in r.getMessage()]
@@ -75,7 +75,7 @@ def test_cpu_choices_are_checked():
     (set(), False),
 ])
 def test_auto_precision_follows_the_cpu(monkeypatch, flags, expected):
-    monkeypatch.setattr(autocast, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
     on, why = autocast.resolve_cpu_bf16("auto")
     assert on is expected and why.startswith("auto: ")
     assert autocast.resolve_cpu_bf16(True) == (True, "SOLVER.CPU_BF16 True")

@@ -32,7 +32,7 @@ TINY = [
     "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0", "TEST.DETECTIONS_PER_IMAGE", "40", "TEST.MASK_HEAD_CHUNK_SIZE", "16",
 ]
 OFF = ["MODEL.CPU.GROUP_NORM", "torch", "MODEL.CPU.ROI_ALIGN", "torchvision", "MODEL.CPU.TUNE_MALLOC", "False",
-       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2"]
+       "MODEL.CPU.RPN_NMS_THREADS", "1", "MODEL.CPU.ANCHOR_IOU", "detectron2", "MODEL.CPU.CONV3X3", "onednn"]
 
 
 @pytest.mark.parametrize("shape", [(64, 32, 14, 14), (2, 32, 40, 40), (1, 32, 7, 7)])

@@ -7,11 +7,13 @@ options" and "C++ kernels" have the measurements behind each default.
 """
 from detectron2.config import CfgNode as CN
 
-__all__ = ["GROUP_NORM_CHOICES", "ROI_ALIGN_CHOICES", "ANCHOR_IOU_CHOICES", "add_cpu_config", "check_cpu_config"]
+__all__ = ["GROUP_NORM_CHOICES", "ROI_ALIGN_CHOICES", "ANCHOR_IOU_CHOICES", "CONV3X3_CHOICES", "add_cpu_config",
+           "check_cpu_config"]
 
 GROUP_NORM_CHOICES = ("torch", "nchw", "native")
 ROI_ALIGN_CHOICES = ("torchvision", "threaded", "native")
 ANCHOR_IOU_CHOICES = ("detectron2", "native")
+CONV3X3_CHOICES = ("auto", "onednn", "winograd")
 
 
 def add_cpu_config(cfg):
@@ -44,12 +46,21 @@ def add_cpu_config(cfg):
     # Raise glibc's mmap/trim thresholds so large activations are not page-faulted in at every
     # step (modeling/cpu/malloc.py). Process-wide: the entry points apply it (tools/, Dask workers).
     cfg.MODEL.CPU.TUNE_MALLOC = True
+    # 3 x 3 convolutions at float32 inference on CPU (modeling/cpu/winograd.py):
+    #   "onednn":   PyTorch's (oneDNN's direct convolution);
+    #   "winograd": NNPACK's Winograd convolution for the inputs where it is faster (values within
+    #               ~1e-5 relative of float32);
+    #   "auto":     winograd on CPUs with AVX2 and no AVX-512 (oneDNN has Winograd only for AVX-512),
+    #               onednn elsewhere (d2_nucleus/utils/cpu_features.py decides, and logs why).
+    # Default onednn: on the one AVX2 CPU measured (AMD EPYC Zen 3, loaded), winograd used 3% fewer
+    # CPU seconds per mm^2 of slide, within that run's noise (BENCHMARKS.md "Precision by machine").
+    cfg.MODEL.CPU.CONV3X3 = "onednn"
 
 
 def check_cpu_config(cfg) -> None:
     """Raise ValueError (one line) for a ``MODEL.CPU`` value that is not one of its choices."""
     for key, choices in (("GROUP_NORM", GROUP_NORM_CHOICES), ("ROI_ALIGN", ROI_ALIGN_CHOICES),
-                         ("ANCHOR_IOU", ANCHOR_IOU_CHOICES)):
+                         ("ANCHOR_IOU", ANCHOR_IOU_CHOICES), ("CONV3X3", CONV3X3_CHOICES)):
         value = cfg.MODEL.CPU[key]
         if value not in choices:
             raise ValueError(f"MODEL.CPU.{key} must be one of {', '.join(choices)}; got {value!r}")

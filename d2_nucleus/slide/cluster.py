@@ -40,7 +40,7 @@ from .runner import SLIDE_ERRORS, run_one_slide
 
 __all__ = [
     "REPORT_COLUMNS", "SlideJob", "read_manifest", "worker_predictor", "model_loads", "run_slide", "segment_slides_on_cluster",
-    "write_report", "scheduler_address", "start_local_cluster",
+    "write_report", "scheduler_address", "start_local_cluster", "worker_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -147,6 +147,7 @@ def worker_predictor(cfg, torch_threads: Optional[int] = None):
     if torch_threads:
         torch.set_num_threads(int(torch_threads))
     tune_process(cfg)  # process-wide: this worker process is the entry point here
+    _check_worker_arenas()
     weights = str(cfg.MODEL.WEIGHTS)
     device = _worker_device(str(cfg.MODEL.DEVICE))
     key = (hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest(),
@@ -163,6 +164,23 @@ def worker_predictor(cfg, torch_threads: Optional[int] = None):
         _PREDICTORS[key] = NucleusPredictor(model_cfg, batch_size=cfg.SLIDE.BATCH_SIZE)
         _MODEL_LOADS[0] += 1
     return _PREDICTORS[key]
+
+
+_ARENA_WARNED = [False]
+
+
+def _check_worker_arenas() -> None:
+    """Warn once when the model runs in a thread of a process without MALLOC_ARENA_MAX (see worker_settings)."""
+    import platform
+    import threading
+
+    if (_ARENA_WARNED[0] or os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc"
+            or threading.current_thread() is threading.main_thread()):
+        return
+    _ARENA_WARNED[0] = True
+    logger.warning("this Dask worker runs the model in a task thread without MALLOC_ARENA_MAX=1 in its environment: "
+                   "its large activations are page-faulted at every tile (~1.2x the time); start the workers "
+                   "with MALLOC_ARENA_MAX=1 (tools/segment_cluster.py's own LocalCluster does)")
 
 
 def _worker_name() -> str:
@@ -264,23 +282,64 @@ def scheduler_address(scheduler: Optional[str] = None, scheduler_file: Optional[
     return scheduler
 
 
+def worker_settings(torch_threads: int) -> Dict:
+    """
+    The Dask settings of the workers :func:`start_local_cluster` starts, so that a slide costs what
+    it costs in ``tools/segment_slides.py`` (BENCHMARKS.md "Many slides on Dask"):
+
+    * one glibc malloc arena (``MALLOC_ARENA_MAX=1``): a Dask task runs in a thread of the worker,
+      not in its main thread, and glibc gives each thread its own arena made of 64 MiB heaps, which
+      cannot hold the model's larger activations (a stride-2 map of a 1024 px tile at 1.25x is
+      ~100 MB): those are mapped and unmapped at every use whatever ``MODEL.CPU.TUNE_MALLOC``
+      says, ~400,000 page faults and ~1.3x the time a tile (measured: bench/bench_worker_thread.py);
+      with one arena the task thread allocates as a plain process's main thread does;
+    * the thread variables at ``torch_threads`` (Dask's are 1: torch would start on one thread);
+    * none of Dask's ``MALLOC_TRIM_THRESHOLD_=65536``: setting it turns off glibc's dynamic mmap
+      threshold, so every allocation above 128 KiB is mapped and unmapped at each use (unless
+      ``MODEL.CPU.TUNE_MALLOC`` raises the thresholds in the task);
+    * no statistical profiler (``distributed.worker.profile``): it wakes every 10 ms to walk the
+      stacks of every thread, taking the GIL and a core from the model's threads.
+    """
+    threads = str(int(torch_threads))
+    return {
+        "distributed.nanny.pre-spawn-environ": {"MALLOC_TRIM_THRESHOLD_": None, "MALLOC_ARENA_MAX": "1",
+                                                "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+                                                "OPENBLAS_NUM_THREADS": threads},
+        "distributed.worker.profile.enabled": False,
+    }
+
+
 def start_local_cluster(n_workers: int, torch_threads: int = 1, gpus: bool = False, worker_deaths: int = 3,
                         dashboard_address: str = ":8787", **kwargs):
     """
     A :class:`distributed.LocalCluster` of ``n_workers`` processes running one slide at a time
     each (one Dask thread; the model uses ``torch_threads``), with resource ``GPU: 1`` when
-    ``gpus``. A task whose worker dies is rescheduled at most ``worker_deaths`` times.
+    ``gpus``, and the worker settings of :func:`worker_settings`. A task whose worker dies is
+    rescheduled at most ``worker_deaths`` times.
     """
     import dask
     from distributed import LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": int(worker_deaths)}):
-        return LocalCluster(
-            n_workers=n_workers, threads_per_worker=1, processes=True,
-            resources={"GPU": 1} if gpus else None, dashboard_address=dashboard_address,
-            # the model's threads: torch reads OMP_NUM_THREADS when the worker starts
-            env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}, **kwargs,
-        )
+    settings = {"distributed.scheduler.allowed-failures": int(worker_deaths), **worker_settings(torch_threads)}
+    environ = dict(os.environ)
+    try:
+        with dask.config.set(settings):
+            return LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True,
+                resources={"GPU": 1} if gpus else None, dashboard_address=dashboard_address,
+                # the model's threads: torch reads OMP_NUM_THREADS when the worker starts (these win
+                # over the variables of the client's own environment, which the pre-spawn ones take)
+                env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)}, **kwargs,
+            )
+    finally:
+        # the nanny writes its pre-spawn variables into this (the client's) process's environment,
+        # where later subprocesses would inherit them: put it back (a restarted worker gets them again)
+        for key in set(os.environ) | set(environ):
+            if os.environ.get(key) != environ.get(key):
+                if key in environ:
+                    os.environ[key] = environ[key]
+                else:
+                    del os.environ[key]
 
 
 def segment_slides_on_cluster(client, cfg, jobs: Sequence[SlideJob], out_dir: str, overwrite: bool = False,

@@ -11,7 +11,8 @@ The cache is ``$D2_NUCLEUS_NATIVE_CACHE`` (default ``~/.cache/d2_nucleus/native`
 build, named by a hash of everything the build depends on (:func:`build_inputs`): the sources'
 contents, the compiler flags, torch (version, commit, install location, include paths, C++ ABI), the
 Python interpreter (executable, version, include path), the compiler (path and ``--version``) and the
-CPU (model and feature flags: the kernels are compiled for the CPU they run on, ``-march=native``).
+CPU (model and feature flags: the kernels are compiled for the CPU they run on, ``-march=native``,
+or for ``$D2_NUCLEUS_NATIVE_ARCH``).
 So another virtual environment, torch, compiler or CPU (a home folder shared by machines or VMs
 exposing other instruction sets) gets its own build instead of recompiling over another's, and a
 build that exists is loaded as it is (``torch.ops.load_library``; ninja is not run again).
@@ -28,6 +29,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -44,11 +46,27 @@ logger = logging.getLogger(__name__)
 
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
 NAME = "d2_nucleus_native"
+
+
+def _march() -> str:
+    """
+    The CPU the kernels are compiled for: this one (``native``), or the ``-march`` value in
+    ``$D2_NUCLEUS_NATIVE_ARCH`` (e.g. ``x86-64-v2``: SSE4.2, no AVX; ``x86-64-v3``: AVX2), for a
+    build that must run on older CPUs than the one compiling it, and to check that the kernels
+    need neither AVX-512 nor AVX2 (bench/bench_precision.py --kernels-arch).
+    """
+    arch = os.environ.get("D2_NUCLEUS_NATIVE_ARCH", "").strip() or "native"
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", arch):  # it goes onto a compiler command line
+        logger.warning(f"D2_NUCLEUS_NATIVE_ARCH={arch!r} is not a -march value (e.g. x86-64-v2): using native")
+        return "native"
+    return arch
+
+
 # -ffp-contract=off: no fused multiply-adds, so float32 results equal torchvision's CPU kernels
 # (compiled without them) bit for bit. -fopenmp: at::parallel_for runs on one thread without it
 # (it links libgomp.so.1, the OpenMP runtime torch already loaded). -mprefer-vector-width=512:
 # AVX-512 where the CPU has it (measured ~10-20% faster than g++'s default 256-bit on 2 cores).
-CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp"]
+CFLAGS = ["-O3", f"-march={_march()}", "-mprefer-vector-width=512", "-ffp-contract=off", "-fopenmp"]
 LDFLAGS = ["-fopenmp"]
 #: Longest wait for another process's build of the same folder before giving up (a build takes
 #: ~15-60 s).

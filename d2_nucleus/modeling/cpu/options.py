@@ -11,11 +11,15 @@ The CPU speed options of a built model, applied by one function from the config 
   where the C++ kernels are missing);
 * ``RPN_NMS_THREADS``, ``ANCHOR_IOU``: :class:`.rpn.NucleusRPN`, which the config names in
   ``MODEL.PROPOSAL_GENERATOR.NAME`` (a Detectron2 registry entry: nothing to apply here);
+* ``CONV3X3``: ``winograd`` (``auto`` on CPUs with AVX2 and no AVX-512:
+  :func:`d2_nucleus.utils.cpu_features.resolve_conv3x3`) gives the 3 x 3 convolutions NNPACK's
+  Winograd path at float32 inference (:mod:`.winograd`);
 * ``TUNE_MALLOC``: process-wide, so the entry points apply it (:func:`.malloc.tune_process`).
 
 None changes a parameter or a state-dict key; on other devices than the CPU the model runs
 Detectron2's kernels.
 """
+import logging
 from dataclasses import dataclass
 from typing import Dict
 
@@ -25,8 +29,12 @@ from torch import nn
 from .group_norm import convert_group_norms, fuse_group_norm_relus
 from .poolers import convert_poolers, native_pooling
 from .roi_align import convert_roi_aligns, roi_features
+from .winograd import convert_winograd_convs
 
 __all__ = ["CPUOptions", "apply_cpu_options", "roi_heads_features"]
+
+logger = logging.getLogger(__name__)
+_logged = set()
 
 
 @dataclass(frozen=True)
@@ -35,10 +43,19 @@ class CPUOptions:
 
     group_norm: str = "torch"  # torch | nchw | native (channels-last models only)
     roi_align: str = "torchvision"  # torchvision | threaded | native
+    conv3x3: str = "onednn"  # onednn | winograd (resolved: never "auto")
 
     @classmethod
     def from_config(cls, cfg) -> "CPUOptions":
-        return cls(group_norm=cfg.MODEL.CPU.GROUP_NORM, roi_align=cfg.MODEL.CPU.ROI_ALIGN)
+        from ...utils.cpu_features import resolve_conv3x3
+
+        conv3x3 = "onednn"
+        if str(cfg.MODEL.DEVICE).startswith("cpu"):
+            conv3x3, why = resolve_conv3x3(cfg.MODEL.CPU.CONV3X3)
+            if why not in _logged:
+                _logged.add(why)
+                logger.info("CPU 3x3 convolutions: %s (%s)", conv3x3, why)
+        return cls(group_norm=cfg.MODEL.CPU.GROUP_NORM, roi_align=cfg.MODEL.CPU.ROI_ALIGN, conv3x3=conv3x3)
 
 
 def apply_cpu_options(model: nn.Module, options: CPUOptions, channels_last: bool) -> None:
@@ -48,6 +65,8 @@ def apply_cpu_options(model: nn.Module, options: CPUOptions, channels_last: bool
         convert_group_norms(model, native=native)
         if native:
             fuse_group_norm_relus(model.roi_heads)
+    if options.conv3x3 == "winograd":
+        convert_winograd_convs(model)
     roi_heads = model.roi_heads
     roi_heads.cpu_roi_align = options.roi_align
     if options.roi_align != "torchvision":
