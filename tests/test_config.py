@@ -29,7 +29,7 @@ def test_old_dumped_config_loads_as_today(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         cfg = get_nucleus_cfg(_old_dump(tmp_path))
     assert dict(cfg.MODEL.CPU) == {"GROUP_NORM": "native", "ROI_ALIGN": "native", "RPN_NMS_THREADS": 0,
-                                   "ANCHOR_IOU": "native", "TUNE_MALLOC": True, "CONV3X3": "auto"}
+                                   "ANCHOR_IOU": "native", "TUNE_MALLOC": True, "CONV3X3": "onednn"}
     assert cfg.MODEL.PROPOSAL_GENERATOR.NAME == "NucleusRPN"  # what the old keys converted RPN into
     assert cfg.MODEL.PIXEL_SIZE_UM == 0.25 and cfg.SOLVER.CPU_BF16 == "True"
     notes = [r.getMessage() for r in caplog.records if "deprecated config keys" in r.getMessage()]
