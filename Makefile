@@ -42,7 +42,7 @@ $(STAMP): requirements.txt pyproject.toml tools/install_detectron2.py tools/patc
 	touch $@
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 # End to end on CPU: raw data -> COCO -> short from-scratch training -> --eval-only -> answer.json
 demo: $(STAMP)
