@@ -10,14 +10,16 @@ Steps:
    written to ``bench/results/types_split.json`` (names only);
 2. every image segmented once (cached: ``--cache``) with the model's box and context features
    (``TYPES.CONTEXT_SCALE``) and the measurements;
-3. the classifiers chosen on a validation split of the training images (45 / 15 images, seed 1),
+3. the detector's score threshold chosen on the training images (the best pooled detection F1;
+   CRCHisto marks every nucleus) and applied to train and test alike;
+4. the classifiers chosen on a validation split of the training images (45 / 15 images, seed 1),
    by the classification-only weighted F1: for each feature set (the model's box + context
    features, measurements, image patches, combinations) logistic regression vs an MLP (patch
    classifiers: the MLP head only); "ours" is the best set on validation, the baseline the best
    measurements-only classifier (what QuPath's object classifier sees);
-4. each set's chosen classifier trained on the 60 training images and evaluated on the 20 test
+5. each set's chosen classifier trained on the 60 training images and evaluated on the 20 test
    images; detection also with HoVer-Net's exact pairing;
-5. the coordinate convention of the points measured: the mean offset from the paired nuclei's
+6. the coordinate convention of the points measured: the mean offset from the paired nuclei's
    centroids to the points (before the reader's conversion).
 
 Results: ``bench/results/types_crchisto.json`` (+ per-image rows), ``types_confusion_*.png``; a
@@ -79,6 +81,28 @@ def validate(cfg, anns, nuclei, kinds, hidden, classes, recipe, val_names):
     c = evaluate_types(clf, [anns[i] for i in va], [nuclei[i] for i in va], cfg.TYPES.MATCH_RADIUS_UM)
     c = c["pooled"]["classification"]
     return c["weighted_f1"], c["accuracy"]
+
+
+def detection_counts(anns, nuclei, radius_um):
+    """Pooled detection TP, FP, FN and F1 (one-to-one within the radius, as the metrics pair them)."""
+    from d2_nucleus.types.matching import match_points, radius_px
+
+    tp = fp = fn = 0
+    for a, n in zip(anns, nuclei):
+        pairs, ut, up = match_points(a.xy, n.xy, radius_px(radius_um, a.mpp))
+        tp, fp, fn = tp + len(pairs), fp + len(up), fn + len(ut)
+    return {"tp": tp, "fp": fp, "fn": fn, "f1": 2 * tp / max(2 * tp + fp + fn, 1)}
+
+
+def choose_score_threshold(anns, nuclei, radius_um, lowest):
+    """
+    The detection score threshold of the best pooled detection F1 on ``anns`` (the training
+    images: CRCHisto marks every nucleus, so an unpaired detection is a false one), from
+    ``lowest`` (what the export kept) up in steps of 0.05. Returns (threshold, {threshold: F1}).
+    """
+    grid = [round(float(t), 2) for t in np.arange(lowest, 0.951, 0.05)]
+    f1 = {t: detection_counts(anns, [n.above(t) for n in nuclei], radius_um)["f1"] for t in grid}
+    return max(f1, key=f1.get), f1
 
 
 def coordinate_offset(anns, nuclei, radius_um):
@@ -144,6 +168,15 @@ def main(argv=None):
            "radius_um": radius, "radius_px": radius_px(radius, anns[0].mpp), "segment_seconds": segment_s,
            "split": {"train": len(train_anns), "test": len(test_anns)},
            "offset": coordinate_offset(train_anns, train_nuc, radius), "validation": {}, "test": {}}
+    # the detector's score threshold, chosen on the training images and applied to both
+    lowest = float(cfg.TEST.LABEL_MAP_SCORE_THRESH)
+    thresh, f1_by_thresh = choose_score_threshold(train_anns, train_nuc, radius, lowest)
+    out["score_threshold"] = {"chosen": thresh, "exported_from": lowest, "train_detection_f1": f1_by_thresh,
+                              "test_detection_at_export": detection_counts(test_anns, test_nuc, radius)}
+    train_nuc = [n.above(thresh) for n in train_nuc]
+    test_nuc = [n.above(thresh) for n in test_nuc]
+    print(f"score threshold {thresh} (training images' detection F1 {f1_by_thresh[thresh]:.3f}; "
+          f"{f1_by_thresh[round(lowest, 2)]:.3f} at the export's {lowest})", flush=True)
     _, val_names = split_names([a.name for a in train_anns], 0.25, 1)
     out["split"]["validation"] = len(val_names)
     print(f"segmented {len(train_anns) + len(test_anns)} images in {segment_s:.0f} s; offset {out['offset']}", flush=True)

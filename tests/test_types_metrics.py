@@ -71,3 +71,18 @@ def test_type_metrics_empty():
     m = type_metrics([], [], [], [], ["a"])
     assert m["detection"]["f1"] is None and m["joint"]["a"]["f1"] is None
     assert m["classification"]["weighted_f1"] is None
+
+
+def test_image_nuclei_above_a_score_keeps_rows_together():
+    from d2_nucleus.types.detect import ImageNuclei
+
+    cols = {"score": np.array([0.9, 0.2, 0.6]), "centroid_x": np.array([1.0, 2.0, 3.0]),
+            "centroid_y": np.array([4.0, 5.0, 6.0])}
+    feats = {"box": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    nuc = ImageNuclei("a", cols, feats, rles=["r0", "r1", "r2"])
+    kept = nuc.above(0.5)
+    assert len(kept) == 2 and kept.name == "a"
+    np.testing.assert_array_equal(kept.xy, [[1, 4], [3, 6]])
+    np.testing.assert_array_equal(kept.features["box"], [[0, 1], [4, 5]])
+    assert kept.rles == ["r0", "r2"] and len(nuc) == 3  # the original unchanged
+    assert len(nuc.above(0.95)) == 0

@@ -52,6 +52,13 @@ class ImageNuclei:
         """(N, 2) centroids (pixel indices), the points matched to annotated centres."""
         return np.stack([self.columns["centroid_x"], self.columns["centroid_y"]], axis=1)
 
+    def above(self, score: float) -> "ImageNuclei":
+        """The nuclei whose detection score is at least ``score`` (columns, features and RLEs alike)."""
+        keep = np.asarray(self.columns["score"]) >= score
+        rles = [r for r, k in zip(self.rles, keep) if k] if self.rles is not None else None
+        return ImageNuclei(self.name, {k: np.asarray(v)[keep] for k, v in self.columns.items()},
+                           {k: v[keep] for k, v in self.features.items()}, rles)
+
 
 def measure_selection(image_rgb: np.ndarray, rles: Sequence[Dict], mpp: Optional[float], stain: str = "ruifrok"):
     """Measurement columns of ``rles`` on ``image_rgb`` with the stain vectors ``stain`` gives."""
