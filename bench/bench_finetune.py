@@ -135,31 +135,34 @@ def curves(args):
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     results["base"] = _evaluate(args, args.base_weights, eval_root, os.path.join(args.work, "eval_base"))
     print("base model (no domain image):", results["base"], flush=True)
-    for n in args.ns:
+    plan = [(n, run) for n in args.ns for run in args.runs]
+    if args.plan:  # e.g. finetune:1,2,4 heads:4 scratch:4
+        plan = [(int(n), run) for item in args.plan for run, ns in [item.split(":", 1)] for n in ns.split(",")]
+        plan.sort(key=lambda p: p[0])
+    for n, run in plan:
         data = _prepare(args.raw, args.work, f"k{n}", POOL[:n])
-        for run in args.runs:
-            name = f"{run}_k{n}"
-            if run == "scratch":
-                config, opts = RECIPE, ["MODEL.WEIGHTS", ""]
-            else:
-                config, opts = FINETUNE, ["MODEL.WEIGHTS", args.base_weights]
-                if run == "heads":
-                    opts += ["SOLVER.TRAIN_ONLY", '("proposal_generator", "roi_heads")']
-            start = time.perf_counter()
-            out = _train(args, name, config, data, eval_root, args.iters, opts)
-            wall = time.perf_counter() - start
-            points = []
-            for it in range(args.eval_every, args.iters + 1, args.eval_every):
-                ckpt = os.path.join(out, f"model_{it - 1:07d}.pth" if it < args.iters else "model_final.pth")
-                if not os.path.isfile(ckpt):
-                    continue
-                m = _evaluate(args, ckpt, eval_root, os.path.join(out, f"eval_{it}"))
-                points.append({"iteration": it, **m})
-            log = os.path.join(args.work, f"{name}.train.log")
-            results["runs"][name] = {"run": run, "images": n, "points": points, "train_wall_s": _log_wall(log) or wall}
-            print(name, points[-1] if points else None, flush=True)
-            with open(os.path.join(args.work, "finetune.json"), "w") as f:
-                json.dump(results, f, indent=1)
+        name = f"{run}_k{n}"
+        if run == "scratch":
+            config, opts = RECIPE, ["MODEL.WEIGHTS", ""]
+        else:
+            config, opts = FINETUNE, ["MODEL.WEIGHTS", args.base_weights]
+            if run == "heads":
+                opts += ["SOLVER.TRAIN_ONLY", '("proposal_generator", "roi_heads")']
+        start = time.perf_counter()
+        out = _train(args, name, config, data, eval_root, args.iters, opts)
+        wall = time.perf_counter() - start
+        points = []
+        for it in range(args.eval_every, args.iters + 1, args.eval_every):
+            ckpt = os.path.join(out, f"model_{it - 1:07d}.pth" if it < args.iters else "model_final.pth")
+            if not os.path.isfile(ckpt):
+                continue
+            m = _evaluate(args, ckpt, eval_root, os.path.join(out, f"eval_{it}"))
+            points.append({"iteration": it, **m})
+        log = os.path.join(args.work, f"{name}.train.log")
+        results["runs"][name] = {"run": run, "images": n, "points": points, "train_wall_s": _log_wall(log) or wall}
+        print(name, points[-1] if points else None, flush=True)
+        with open(os.path.join(args.work, "finetune.json"), "w") as f:
+            json.dump(results, f, indent=1)
     _report(results, os.path.join(args.work, "finetune.png"))
 
 
@@ -230,6 +233,8 @@ def main():
     p.add_argument("--base-weights", default=None, help="curves: the base model trained on W/prepared_base")
     p.add_argument("--ns", default="1,2,4", help="numbers of fine-tuning images")
     p.add_argument("--runs", default="finetune,heads,scratch")
+    p.add_argument("--plan", nargs="+", default=None, metavar="RUN:N,N",
+                   help="runs and their numbers of images instead of --ns x --runs, e.g. finetune:1,2,4 heads:4 scratch:4")
     p.add_argument("--iters", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE",
