@@ -14,10 +14,8 @@ import logging
 import os
 import sys
 
+from d2_nucleus.types.options import add_common_arguments, input_paths, read_annotations, setup_cfg
 from d2_nucleus.utils.cli import check_flag_number, quiet_known_warnings, run_main
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_types import add_common_arguments, input_paths, read_annotations, setup_cfg  # noqa: E402
 
 
 def get_parser():
