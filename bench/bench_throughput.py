@@ -4,7 +4,7 @@ Whole-slide throughput against the hardware (issue 28 item 3): seconds per mm^2 
 mode (tools/segment_slides.py's config and pipeline, measurements on), the model's FLOPs per mm^2
 (fvcore's FlopCountAnalysis, which Detectron2 depends on) and the FLOP/s they run at, against the peak
 FLOP/s of this CPU's cores (a large float32 matmul on torch's threads). Numbers in BENCHMARKS.md
-"Seconds per mm^2".
+"Seconds per mm² of tissue".
 
     python bench/bench_throughput.py --raw RAW --weights W                  # the CPU recipe
     python bench/bench_throughput.py --raw RAW --config configs/scratch/mask_rcnn_R_50_FPN_scratch_gn.yaml \\

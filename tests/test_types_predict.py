@@ -71,7 +71,8 @@ def _predict(data, *args, weights=None):
 @pytest.fixture(scope="module")
 def classifier(data):
     path = data["root"] / "types.npz"
-    assert _train(data, path, "--split", data["root"] / "split.json", "--test-fraction", "0.5") == 0
+    assert _train(data, path, "--split", data["root"] / "split.json", "--test-fraction", "0.5",
+                  "--features", "box,context,measurements") == 0  # the model's features (default: patch,measurements)
     return str(path)
 
 

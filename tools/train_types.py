@@ -23,7 +23,7 @@ def get_parser():
     add_common_arguments(p)
     p.add_argument("--output", required=True, metavar="FILE", help="the classifier file to write (.npz)")
     p.add_argument("--features", default=None, metavar="KINDS",
-                   help="some of box,context,measurements (default: TYPES.FEATURES)")
+                   help="some of box,context,measurements,patch (default: TYPES.FEATURES, patch,measurements)")
     p.add_argument("--test-fraction", type=float, default=0.25,
                    help="share of images held out when --split writes a new split file (default 0.25)")
     p.add_argument("--seed", type=int, default=0, help="seed of a new split (default 0)")

@@ -28,8 +28,10 @@ def add_types_config(cfg):
     # Features of a nucleus: "box" (the model's box-head features), "context" (the same for its
     # surroundings, CONTEXT_SCALE), "measurements" (shape, size in um, H&E optical densities, RGB:
     # d2_nucleus.measurements; what QuPath's object classifier sees) and/or "patch" (the image
-    # around it, through a small convolutional branch: types/network.py).
-    cfg.TYPES.FEATURES = ("box", "context", "measurements")
+    # around it, through a small convolutional branch: types/network.py). Default: patch +
+    # measurements, the best on CRCHisto's validation and test images (BENCHMARKS.md "Nucleus types":
+    # weighted F1 0.721 vs 0.557 for box + context + measurements) and independent of the model.
+    cfg.TYPES.FEATURES = ("patch", "measurements")
     # With "patch" in FEATURES: channels of the classifier's convolutional branch on the 17.6 um
     # image patch around each nucleus (blocks of two 3 x 3 convolutions and a 2 x 2 max-pool), and
     # its epochs and learning rate.

@@ -5,10 +5,11 @@
 oneDNN computes a 3 x 3 convolution directly (9 multiply-adds an output value and input channel);
 Winograd's minimal filtering computes it from tiles with fewer multiplications. oneDNN has it only
 for AVX-512 CPUs; PyTorch's CPU builds ship NNPACK, whose Winograd kernels (F(6x6, 3x3)) are written
-for AVX2 + FMA. On such a CPU (AMD Zen 2/3, Intel before AVX-512) the RoI heads' and the backbone's
-middle stages run faster through it; the largest maps (stride 4) and the 7 x 7 RoIs of the box head
-do not (BENCHMARKS.md "Seconds per mm^2"). :class:`WinogradConv2d` so takes NNPACK for inputs whose
-sides lie in ``[MIN_SIDE, MAX_SIDE]`` and oneDNN for the rest.
+for AVX2 + FMA. :class:`WinogradConv2d` takes NNPACK for inputs whose sides lie in
+``[MIN_SIDE, MAX_SIDE]`` (the largest maps, stride 4, and the box head's 7 x 7 RoIs stay with oneDNN)
+and oneDNN for the rest. It is an option, not the default (``MODEL.CPU.CONV3X3 onednn``): on the one
+AVX2 CPU measured (AMD Zen 3, a loaded machine) a slide took 3% fewer CPU seconds with it, within the
+noise, and its wall time was not better (BENCHMARKS.md "Seconds per mm² of tissue").
 
 The values are those of a float32 convolution up to the algorithm's rounding (relative differences
 ~1e-5 of the largest output, ``tests/test_cpu_speed.py``); training, autograd, bfloat16 autocast
