@@ -172,3 +172,29 @@ def test_worker_error_names_file(tmp_path):
     with pytest.raises(RawDataError) as e:
         masks_to_coco([good, bad], workers=2, progress=False)
     assert e.value.path == bad.mask_files[0]
+
+
+def test_ctrl_c_during_the_workers_fork_is_not_lost():
+    """A Ctrl-C arriving while worker_pool forks (here: sent from an at-fork hook) reaches the
+    parent as KeyboardInterrupt; before, Python raised it inside logging's at-fork callback, printed
+    "Exception ignored" and went on (prepare_data then exited 0)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from d2_nucleus.data.mask2coco import worker_pool
+        os.register_at_fork(before=lambda: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            pool = worker_pool(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        pool.shutdown()
+        sys.exit(3)
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root,
+                       env=dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert r.returncode == 130, r.stderr[-2000:]
+    assert "Exception ignored" not in r.stderr, r.stderr[-2000:]

@@ -185,7 +185,9 @@ def _die_with_parent(parent_pid: int) -> None:
     (SIGINT, sent to the whole process group) is ignored here: the parent stops the pool and
     reports it in one line, with no traceback from each worker.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C pending since the fork is discarded
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by worker_pool
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -200,10 +202,29 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """The process pool of :func:`masks_to_coco`: fork context, workers die with their parent."""
-    return ProcessPoolExecutor(
+    """
+    The process pool of :func:`masks_to_coco`: fork context, workers die with their parent.
+
+    The workers are forked here with SIGINT blocked: a Ctrl-C arriving during a fork would
+    otherwise be raised inside an at-fork callback (logging's lock release), where Python prints
+    it and carries on, so the tool went on converting and exited 0 (seen in tests under load). The
+    parent gets the pending Ctrl-C when the mask is restored; a worker discards it
+    (:func:`_die_with_parent`).
+    """
+    pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=_mp_context(), initializer=_die_with_parent, initargs=(os.getpid(),)
     )
+    if not hasattr(signal, "pthread_sigmask") or _mp_context().get_start_method() != "fork":
+        return pool
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        pool.submit(int).result()  # with "fork", the first task starts every worker
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return pool
 
 
 def masks_to_coco(
