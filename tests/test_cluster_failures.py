@@ -126,7 +126,7 @@ def test_prepare_and_freeze_ctrl_c_is_one_line(weights, synthetic_prepared, tmp_
 
     from d2_nucleus.data.synthetic import generate_dataset
 
-    from test_failures import PREPARE
+    from test_failures import PREPARE, terminal_sigint
 
     raw = tmp_path / "raw"
     generate_dataset(str(raw), num_train=12, num_test=1, image_size=512, nuclei_per_image=(250, 300), seed=0)
@@ -135,7 +135,7 @@ def test_prepare_and_freeze_ctrl_c_is_one_line(weights, synthetic_prepared, tmp_
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, PREPARE, "--raw", raw, "--out", tmp_path / "prepared", "--workers",
                                  "2"], stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT,
-                                start_new_session=True)  # its own process group, as in a terminal
+                                start_new_session=True, preexec_fn=terminal_sigint)  # as in a terminal
         try:
             deadline = time.time() + 300
             while "training images" not in log.read_text() and time.time() < deadline:  # converting now
