@@ -185,6 +185,7 @@ def test_ctrl_c_during_the_workers_fork_is_not_lost():
     code = textwrap.dedent("""
         import os, signal, sys
         from d2_nucleus.data.mask2coco import worker_pool
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if run with '&'
         os.register_at_fork(before=lambda: os.kill(os.getpid(), signal.SIGINT))
         try:
             pool = worker_pool(2)
