@@ -83,13 +83,14 @@ def validate(cfg, anns, nuclei, kinds, hidden, classes, recipe, val_names):
     return c["weighted_f1"], c["accuracy"]
 
 
-def detection_counts(anns, nuclei, radius_um):
-    """Pooled detection TP, FP, FN and F1 (one-to-one within the radius, as the metrics pair them)."""
+def detection_counts(anns, nuclei, radius_um, gated=True):
+    """Pooled detection TP, FP, FN and F1 (one-to-one within the radius, as the metrics pair them;
+    ``gated=False``: HoVer-Net's pairing, least total distance then the radius)."""
     from d2_nucleus.types.matching import match_points, radius_px
 
     tp = fp = fn = 0
     for a, n in zip(anns, nuclei):
-        pairs, ut, up = match_points(a.xy, n.xy, radius_px(radius_um, a.mpp))
+        pairs, ut, up = match_points(a.xy, n.xy, radius_px(radius_um, a.mpp), gated=gated)
         tp, fp, fn = tp + len(pairs), fp + len(up), fn + len(ut)
     return {"tp": tp, "fp": fp, "fn": fn, "f1": 2 * tp / max(2 * tp + fp + fn, 1)}
 
@@ -133,7 +134,7 @@ def main(argv=None):
     from d2_nucleus.config import get_inference_cfg
     from d2_nucleus.types.detect import NucleusDetector
     from d2_nucleus.types.evaluation import evaluate_types, format_table, write_evaluation
-    from d2_nucleus.types.matching import match_points, radius_px
+    from d2_nucleus.types.matching import radius_px
     from d2_nucleus.types.crchisto import read_crchisto
     from d2_nucleus.types.training import make_recipe, split_names, training_set
     from d2_nucleus.types.workflow import select_images
@@ -217,13 +218,7 @@ def main(argv=None):
     print(f"ours (best on validation): {out['ours']}")
 
     # detection with HoVer-Net's exact pairing (least total distance, then the radius)
-    d = {"tp": 0, "fp": 0, "fn": 0}
-    for a, n in zip(test_anns, test_nuc):
-        pairs, ut, up = match_points(a.xy, n.xy, radius_px(radius, a.mpp), gated=False)
-        d["tp"] += len(pairs)
-        d["fp"] += len(up)
-        d["fn"] += len(ut)
-    d["f1"] = 2 * d["tp"] / (2 * d["tp"] + d["fp"] + d["fn"])
+    d = detection_counts(test_anns, test_nuc, radius, gated=False)
     out["detection_hovernet_pairing"] = d
     path = os.path.join(RESULTS, f"types_{args.tag}.json")
     with open(path, "w") as f:
